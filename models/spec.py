@@ -1,0 +1,81 @@
+"""What a model expects as input and what its outputs mean.
+
+A ModelSpec travels with every exported artefact (ONNX metadata, bundle manifest), so the
+runtime can rebuild the official test-time preprocessing in numpy without torch or the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+DFEW_LABELS = ("happy", "sad", "neutral", "angry", "surprise", "disgust", "fear")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Input contract of one model, as the official test pipeline feeds it.
+
+    layout is NCTHW; frames are RGB; pixel = (uint8 * scale - mean) / std per channel.
+    frame_stride is the temporal sampling step over the source video; clip_merge says how the
+    official test merges several clips of one video ("logits": mean of logits, "softmax":
+    mean of per-clip softmax).
+    """
+
+    family: str
+    labels: tuple[str, ...]
+    frames: int
+    height: int
+    width: int
+    frame_stride: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    resize: str
+    clip_merge: str
+    scale: float = 1.0 / 255.0
+    layout: str = "NCTHW"
+    color: str = "RGB"
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    def input_shape(self, batch: int) -> tuple[int, int, int, int, int]:
+        return (batch, 3, self.frames, self.height, self.width)
+
+    def normalize(self, clip: np.ndarray) -> np.ndarray:
+        """uint8 frames (T, H, W, 3), already resized, → float32 (3, T, H, W) model input."""
+        expected = (self.frames, self.height, self.width, 3)
+        if clip.shape != expected:
+            raise ValueError(f"clip has shape {clip.shape}, the model expects (T, H, W, C) = {expected}")
+        x = clip.astype(np.float32) * np.float32(self.scale)
+        x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(x.transpose(3, 0, 1, 2))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelSpec":
+        names = {f.name for f in dataclasses.fields(cls)}
+        missing = sorted(n for n in names if n not in data and _required(cls, n))
+        if missing:
+            raise ValueError(f"model spec is missing field(s): {', '.join(missing)}")
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"model spec has unknown field(s): {', '.join(unknown)}")
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**values)
+
+
+def _required(cls, name: str) -> bool:
+    field = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return field.default is dataclasses.MISSING
