@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import zipfile
 from pathlib import Path
 
 import torch
@@ -36,26 +35,26 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if "weights_only" in str(err) or "global" in str(err).lower():
+        unsafe = [line.strip().rstrip(".") for line in str(err).splitlines() if "GLOBAL" in line]
+        if unsafe:
             raise CheckpointError(
-                f"{path}: refused to load: the file holds Python objects that would run code "
-                f"when unpickled ({_unsafe_reason(str(err))}); only plain tensors are accepted"
+                f"{path}: refused to load: the file holds Python objects that would run code when "
+                f"unpickled ({unsafe[0]}); only plain tensors are accepted"
             ) from None
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({first})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint, truncated or corrupt ({first})") from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_reason(err)})") from None
+    except Exception as err:  # torch.load fails on garbage with many exception types
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint, truncated or corrupt ({_reason(err)})") from None
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path}: expected a dict of tensors, found {type(raw).__name__}")
     return raw
 
 
-def _unsafe_reason(message: str) -> str:
-    for line in message.splitlines():
-        if "GLOBAL" in line or "Unsupported" in line:
-            return line.strip().rstrip(".")
-    return "unsupported global"
+def _reason(err: Exception) -> str:
+    """The most specific line of a loader error (torch wraps the cause in boilerplate)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    specific = [line for line in lines if "Unsupported" in line or "failed" in line.lower()]
+    line = (specific or lines or [type(err).__name__])[-1 if specific else 0]
+    return f"{type(err).__name__}: {line.split('. ')[0][:160]}"
 
 
 def unwrap_state_dict(raw: dict, use_ema: bool = False) -> dict[str, torch.Tensor]:
