@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kernels.gated_expert_mlp import gated_expert_mlp, gated_expert_mlp_ref, pack_gated_expert_weights
+from models.s4d import within_capacity
 from tests.conftest import assert_close, load_fixture
 from tests.onnx_helpers import run_custom_node
 
@@ -70,21 +71,12 @@ def test_reference_matches_official_moe_where_no_capacity_binds():
     weights = pack_gated_expert_weights(zero_fc1, zero_fc2, experts, linear("router.topkroute_linear"))
     with torch.no_grad():
         out = gated_expert_mlp_ref(torch.zeros_like(h), h, *weights, num_experts=8, top_k=top_k, expert_dim=192)
-    kept = _tokens_within_capacity(fixture["intermediates_zero_noise"]["topk_indices"], num_experts, capacity=400)
+    indices = fixture["intermediates_zero_noise"]["topk_indices"]
+    kept = within_capacity(indices, num_experts, capacity=400).sum(-1).eq(top_k).reshape(indices.shape[:-1])
     assert 0 < (~kept).sum() < kept.numel()  # the fixture drops some tokens: both sets are tested
     expected = fixture["outputs_zero_noise"][0]
     assert_close(out[kept], expected[kept], atol=1e-5, name="kept tokens")  # fp32, O(0.1) outputs
     assert (out[~kept] - expected[~kept]).abs().amax(-1).min() > 1e-3  # dropped tokens differ
-
-
-def _tokens_within_capacity(indices: torch.Tensor, num_experts: int, capacity: int) -> torch.Tensor:
-    """(B, N) mask of tokens none of whose expert assignments was dropped by capacity."""
-    flat = indices.reshape(-1, indices.shape[-1])
-    dropped = torch.zeros(flat.shape[0], dtype=torch.bool)
-    for e in range(num_experts):
-        chosen = (flat == e).any(-1).nonzero().squeeze(-1)
-        dropped[chosen[capacity:]] = True
-    return ~dropped.reshape(indices.shape[:-1])
 
 
 @pytest.mark.parametrize("tokens,dim,ffn,num_experts,expert_dim,top_k", SHAPES)
