@@ -173,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-custom-ops", action="store_true", help="export the plain graph, no dfer nodes")
     parser.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime comparison")
     args = parser.parse_args(argv)
+    _quiet_exporter()
     from models import load
     from models.checkpoint import CheckpointError
 
@@ -193,6 +194,17 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_verify:
         _print_verification(loaded, output)
     return 0
+
+
+def _quiet_exporter() -> None:
+    """Hide the exporter's chatter that says nothing about this model (torchvision ops absent)."""
+    import logging
+    import warnings
+
+    import torch.onnx  # noqa: F401  (torch configures its loggers on import; override after)
+
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning, message=".*LeafSpec")
 
 
 def _print_verification(loaded, output: Path) -> None:
