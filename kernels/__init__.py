@@ -1,9 +1,12 @@
 """The two hot spots the papers add, each as one op with one definition of its semantics.
 
 Every op module holds a pure-PyTorch reference (the ground truth), the dispatcher the models
-call, and the ONNX function that decomposes the op's custom node into standard ops. During
-``torch.onnx.export`` the dispatcher emits a single ``dfer::<Op>`` node instead of the
-decomposition, unless the exporter switched custom ops off (``--no-custom-ops``).
+call, the ONNX function that decomposes the op's custom node into standard ops, and the Triton
+kernels with their launcher (``kernels._triton`` holds what they share; ``python -m
+kernels.aot`` compiles them to PTX without a GPU). During ``torch.onnx.export`` the dispatcher
+emits a single ``dfer::<Op>`` node instead of the decomposition, unless the exporter switched
+custom ops off (``--no-custom-ops``); outside of export it runs the kernels when the model asks
+for them (``use_kernels``) and the tensors are on CUDA, the reference otherwise.
 """
 
 from __future__ import annotations

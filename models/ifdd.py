@@ -311,7 +311,10 @@ class AdaptiveSplit(nn.Module):
 
     It owns the official parameters; the math is ``kernels.lifting_split`` (one op in exports).
     ``time_project`` is never used by the official forward but is part of every checkpoint.
+    ``use_kernels`` (set through IFDD.use_kernels) runs the Triton kernels when on CUDA.
     """
+
+    use_kernels = False
 
     def __init__(self, dim: int = LIFT_DIM, grid: tuple[int, int, int] = LIFT_GRID, descriptor_dim: int = 7):
         super().__init__()
@@ -341,6 +344,7 @@ class AdaptiveSplit(nn.Module):
             frames=t,
             height=h,
             width=w,
+            use_kernel=self.use_kernels,
         )
 
     def check_index_buffers(self) -> None:
@@ -476,8 +480,8 @@ class ClassifierHead(nn.Module):
 class IFDD(nn.Module):
     """(B, 3, 16, 224, 224) clip in [0, 1] → (B, 7) DFEW logits.
 
-    ``use_kernels`` is recorded for the kernel dispatch a later change adds; today the ISSM always
-    goes through ``kernels.lifting_split`` (its PyTorch reference outside of ONNX export).
+    ``use_kernels`` makes the ISSM run the Triton kernels on CUDA (``kernels.lifting_split``);
+    on CPU and during ONNX export the model is the same either way.
     """
 
     spec = SPEC
@@ -497,6 +501,14 @@ class IFDD(nn.Module):
             return self.head(self.backbone(self.embed(video)))
         pool_a, x_d = self.backbone(self.embed(video), return_pool_a=True)
         return self.head(x_d), pool_a, x_d
+
+    @property
+    def use_kernels(self) -> bool:
+        return self.backbone.WaveLifts.adapt_split.use_kernels
+
+    @use_kernels.setter
+    def use_kernels(self, enabled: bool) -> None:
+        self.backbone.WaveLifts.adapt_split.use_kernels = bool(enabled)
 
     def validate_loaded_state(self) -> None:
         """ValueError if the loaded buffers hold values this implementation cannot reproduce."""

@@ -242,7 +242,13 @@ class SparseMoE(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm ViT block; with ``use_moe`` it is BlockMoEAdapters: x + Mlp(h) + MoE(h), h = LN2(x)."""
+    """Pre-norm ViT block; with ``use_moe`` it is BlockMoEAdapters: x + Mlp(h) + MoE(h), h = LN2(x).
+
+    ``use_kernels`` (set through S4D.use_kernels) runs the deploy-mode MLP + MoE as Triton
+    kernels when on CUDA.
+    """
+
+    use_kernels = False
 
     def __init__(self, cfg: S4DConfig, use_moe: bool):
         super().__init__()
@@ -276,7 +282,10 @@ class Block(nn.Module):
             self.mlp.fc1, self.mlp.fc2, [(e.fc1, e.fc2) for e in moe.experts], moe.router.topkroute_linear
         )
         expert_dim = moe.experts[0].fc1.out_features
-        return gated_expert_mlp(x, h, *packed, num_experts=moe.num_experts, top_k=moe.top_k, expert_dim=expert_dim)
+        return gated_expert_mlp(
+            x, h, *packed, num_experts=moe.num_experts, top_k=moe.top_k, expert_dim=expert_dim,
+            use_kernel=self.use_kernels,
+        )  # fmt: skip
 
 
 class PatchEmbed(nn.Module):
@@ -298,7 +307,6 @@ class S4D(nn.Module):
         super().__init__()
         cfg = config or S4DConfig()
         self.s4d_config = cfg
-        self.use_kernels = bool(use_kernels)  # stored for the kernel dispatch that comes later
         self.patch_embed = PatchEmbed(cfg)
         # Fixed table, not a parameter: official checkpoints do not contain it.
         self.register_buffer("pos_embed", sinusoid_table(cfg.num_patches, cfg.embed_dim), persistent=False)
@@ -310,6 +318,18 @@ class S4D(nn.Module):
             "video": nn.Linear(cfg.embed_dim, cfg.multi_head[1]),
         })
         self.set_router_mode(router_mode)
+        self.use_kernels = use_kernels
+
+    @property
+    def use_kernels(self) -> bool:
+        """Run the MoE blocks' deploy path as Triton kernels when on CUDA."""
+        return self._use_kernels
+
+    @use_kernels.setter
+    def use_kernels(self, enabled: bool) -> None:
+        self._use_kernels = bool(enabled)
+        for block in self.blocks:
+            block.use_kernels = self._use_kernels
 
     @property
     def config(self) -> dict:

@@ -45,3 +45,26 @@ def assert_close(actual, expected, atol: float, rtol: float = 0.0, name: str = "
             f"max abs diff {diff.max().item():.3g}; first at {where}: "
             f"{[actual[tuple(i)].item() for i in where]} vs {[expected[tuple(i)].item() for i in where]}"
         )
+
+
+# Triton fixes interpret-or-compile from TRITON_INTERPRET when a @triton.jit decorator runs: for
+# triton.language's own functions at `import triton`, for ours when kernels/ is imported, and
+# for modules Triton imports lazily at the first launch (triton.experimental.gluon asserts the
+# mode is unchanged). So the choice is made here, before any test module imports triton, and
+# holds for the whole session: CPU runs interpret the kernels; a GPU run sets TRITON_INTERPRET=0
+# to test the compiled kernels on CUDA. Besides Triton only torch's Triton code paths read it
+# (Inductor's GPU kernels, user-kernel wrapping), which no CPU test uses; subprocesses inherit
+# it, and the one that compiles (kernels.aot) gets an environment without it.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def assert_within_rounding(actual, ref32, ref_lowp, atol: float, rtol: float = 0.0, name: str = "kernel") -> None:
+    """STYLE 2: max|kernel − ref32| ≤ 2·max|ref_lowp − ref32| + atol (+ rtol·|ref32|).
+
+    ref_lowp is the reference run at the kernel's dtype, so the bound is the rounding the
+    reference itself suffers; in fp32 it is 0 and only atol/rtol remain.
+    """
+    import torch
+
+    own_error = (torch.as_tensor(ref_lowp).double() - torch.as_tensor(ref32).double()).abs().max().item()
+    assert_close(actual, ref32, atol=2.0 * own_error + atol, rtol=rtol, name=f"{name} (reference's own error {own_error:.3g})")
