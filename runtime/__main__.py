@@ -1,0 +1,132 @@
+"""Run a model on video streams and print per-track results.
+
+    python -m runtime model.onnx --stream a.mp4 --stream rtsp://camera/1 [--json]
+
+Files end on their own; with live streams (or --loop) it runs until --duration or Ctrl-C.
+Results and stream events go to stdout (JSON lines with --json), the latency table to stderr
+on exit. Exit status: 0, 1 when some stream failed for good, 2 on bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from dataclasses import replace
+
+from runtime.api import Runtime, RuntimeOptions
+from runtime.records import Result, StreamEvent
+from runtime.sources import FILE, SourceOptions, classify_location
+from runtime.streams import StreamOptions
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    printer = _Printer(args.json)
+    try:
+        options = RuntimeOptions(
+            providers=tuple(args.providers.split(",")), threads=args.threads, max_batch=args.max_batch,
+            max_delay_ms=args.max_delay_ms, queue_per_stream=args.queue, hop=args.hop,
+        )
+        av_options = tuple(_key_value(option) for option in args.av_option)
+        source = SourceOptions(loop=args.loop, realtime=args.realtime, max_retries=args.max_retries, av_options=av_options)
+        stream_options = StreamOptions(source=source)
+        runtime = Runtime(args.model, options, on_result=printer.result, on_event=printer.event)
+    except (ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    printer.labels = runtime.spec.labels
+    if runtime.model.untrained:
+        print("note: UNTRAINED demo weights: predictions are meaningless", file=sys.stderr)
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        for location in args.stream:
+            runtime.add_stream(location, options=_with_source_kind(location, stream_options))
+        _run_until_done(runtime, stop, args.duration)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        runtime.close()
+        if runtime.stats():
+            print(runtime.summary(), file=sys.stderr)
+    return 1 if any(s.state == "failed" for s in runtime.stats().values()) else 0
+
+
+def _key_value(option: str) -> tuple[str, str]:
+    key, sep, value = option.partition("=")
+    if not (key and sep):
+        raise ValueError(f"--av-option takes KEY=VALUE, got {option!r}")
+    return key, value
+
+
+def _with_source_kind(location: str, options: StreamOptions) -> StreamOptions:
+    """--loop/--realtime apply to the file streams of a mixed command line."""
+    if classify_location(location) == FILE:
+        return options
+    source = replace(options.source, loop=False, realtime=False)
+    return replace(options, source=source)
+
+
+def _run_until_done(runtime: Runtime, stop: threading.Event, duration: float | None) -> None:
+    """Until every stream has ended (files), duration has passed, or Ctrl-C."""
+    waiter = threading.Thread(target=lambda: (runtime.wait(), stop.set()), daemon=True)
+    waiter.start()
+    stop.wait(duration)
+
+
+class _Printer:
+    def __init__(self, as_json: bool):
+        self.as_json = as_json
+        self.labels: tuple[str, ...] = ()
+        self._lock = threading.Lock()
+
+    def result(self, result: Result) -> None:
+        if self.as_json:
+            line = json.dumps(result.to_json_dict(self.labels), ensure_ascii=False)
+        else:
+            p = max(result.probabilities)
+            line = (
+                f"{result.stream_id} track {result.track_id} clip {result.clip_index} "
+                f"[{result.start_s:.2f}–{result.end_s:.2f} s]: {result.label} ({p:.2f}), "
+                f"smoothed {result.smoothed_label}{'  (untrained)' if result.untrained else ''}"
+            )
+        self._print(line)
+
+    def event(self, event: StreamEvent) -> None:
+        if self.as_json:
+            self._print(json.dumps(event.to_json_dict(), ensure_ascii=False))
+        else:
+            self._print(f"{event.stream_id} {event.kind.value}: {event.cause}")
+
+    def _print(self, line: str) -> None:
+        with self._lock:
+            print(line, flush=True)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m runtime", description=__doc__.splitlines()[0])
+    parser.add_argument("model", help="exported model (.onnx from python -m export.onnx)")
+    parser.add_argument("--stream", action="extend", nargs="+", required=True,
+                        help="video files, URLs (rtsp/http/udp) or /dev/videoN devices; repeat or list several")
+    parser.add_argument("--json", action="store_true", help="print JSON lines")
+    parser.add_argument("--loop", action="store_true", help="replay files forever")
+    parser.add_argument("--realtime", action="store_true", help="pace files at their frame rate, like cameras")
+    parser.add_argument("--duration", type=float, help="stop after this many seconds")
+    parser.add_argument("--providers", default="cpu", help="ONNX Runtime providers in order: cpu, cuda, tensorrt (default cpu)")
+    parser.add_argument("--threads", type=int, help="inference threads (default: ONNX Runtime's choice)")
+    parser.add_argument("--max-batch", type=int, default=RuntimeOptions.max_batch)
+    parser.add_argument("--max-delay-ms", type=float, default=RuntimeOptions.max_delay_ms)
+    parser.add_argument("--queue", type=int, default=RuntimeOptions.queue_per_stream, help="ready clips per stream before the oldest is dropped")
+    parser.add_argument("--hop", type=int, help="new samples between two clips of a track (default: clip length)")
+    parser.add_argument("--max-retries", type=int, help="give up on a live stream after this many failed connects in a row")
+    parser.add_argument("--av-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="FFmpeg option for opening streams, e.g. rtsp_transport=tcp; repeat for more")
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

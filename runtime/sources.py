@@ -1,0 +1,322 @@
+"""Where frames come from: video files, network URLs, V4L2 devices (one decode thread each,
+PyAV), and frames pushed in by the host.
+
+Timestamps are the stream's own (``frame.time``); frame indices follow from them at the
+stream's frame rate, so frames lost on the way show up as skipped indices and are counted.
+Files end (or loop, with timestamps running on across passes, optionally paced at their own
+frame rate to stand in for a camera); live sources (URLs, devices) reconnect with exponential
+back-off, and every new connection starts a new timestamp segment.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+
+from runtime.records import EventKind
+
+FILE, URL, DEVICE = "file", "url", "device"
+log = logging.getLogger("runtime")
+
+
+def classify_location(location: str) -> str:
+    """file, url or device; ValueError when it is none of them."""
+    if "://" in location:
+        return URL
+    if location.startswith("/dev/video"):
+        return DEVICE
+    if Path(location).is_file():
+        return FILE
+    raise ValueError(f"{location!r} is no file, URL (rtsp://, http://, udp://, ...) or /dev/video device")
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """loop/realtime: files only (replay forever; pace at the file's frame rate).
+    timeout_s: how long a live source may stay silent before it counts as broken.
+    backoff_s: first and longest wait between reconnects (doubling in between).
+    max_retries: failed connects in a row before a live source gives up (None: never).
+    av_options: FFmpeg options for opening, e.g. (("rtsp_transport", "tcp"),)."""
+
+    loop: bool = False
+    realtime: bool = False
+    timeout_s: float = 5.0
+    backoff_s: tuple[float, float] = (0.5, 8.0)
+    max_retries: int | None = None
+    av_options: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        first, longest = self.backoff_s
+        if not 0 < first <= longest:
+            raise ValueError(f"backoff_s must be (first, longest) with 0 < first ≤ longest, got {self.backoff_s}")
+        if not self.timeout_s > 0:
+            raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
+        if self.max_retries is not None and self.max_retries < 0:
+            raise ValueError(f"max_retries must be ≥ 0 or None, got {self.max_retries}")
+
+
+@dataclass(frozen=True)
+class DecodedFrame:
+    """One frame as it reached the runtime: a PyAV frame (decoded) or an RGB array (pushed).
+
+    Conversion to RGB happens only for frames a clip samples (runtime.faces.Resizer)."""
+
+    image: av.VideoFrame | np.ndarray
+    time_s: float
+    index: int
+    segment: int
+    captured: float
+
+
+class FrameClock:
+    """Stream times → frame indices at the stream's rate, counting frames lost in between.
+
+    A frame that does not move time forward is out of order (a damaged stream's decoder
+    emits some late): it is dropped and counted. A jump back of more than ``RESET_S`` means
+    the stream's clock was reset: a new segment starts, with indices from 0."""
+
+    RESET_S = 1.0
+
+    def __init__(self, fps: float | None):
+        self.fps = fps
+        self.segment = -1
+        self.lost = 0
+        self.out_of_order = 0
+        self._first: float | None = None
+        self._last: tuple[float, int] | None = None
+
+    def restart(self) -> None:
+        self.segment += 1
+        self._first = self._last = None
+
+    def stamp(self, time_s: float) -> int | None:
+        """The frame's index, or None for a frame to drop (out of order)."""
+        if self._last is not None and time_s <= self._last[0]:
+            if self._last[0] - time_s <= self.RESET_S:
+                self.out_of_order += 1
+                return None
+            self.restart()
+        if self._first is None:
+            self.segment = max(self.segment, 0)
+            self._first = time_s
+            self._last = (time_s, 0)
+            return 0
+        if self.fps is None:  # no declared rate: measure it from the first interval
+            self.fps = 1.0 / (time_s - self._first)
+        index = max(round((time_s - self._first) * self.fps), self._last[1] + 1)
+        self.lost += index - self._last[1] - 1
+        self._last = (time_s, index)
+        return index
+
+
+FrameSink = Callable[[DecodedFrame, object], None]
+EventSink = Callable[[EventKind, str], None]
+
+
+class VideoSource:
+    """Decodes a file, URL or device in its own thread; hands every frame to on_frame."""
+
+    def __init__(self, location: str, options: SourceOptions, on_frame: FrameSink, on_event: EventSink):
+        self.location, self.kind, self.options = location, classify_location(location), options
+        if self.kind != FILE and (options.loop or options.realtime):
+            raise ValueError(f"loop and realtime apply to files; {location!r} is a live {self.kind}")
+        self._on_frame, self._on_event = on_frame, on_event
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"source {location}", daemon=True)
+        self.clock = FrameClock(None)
+        self.decode_errors = 0
+        self._offset = 0.0  # added to file times so looped passes continue the timeline
+        self._pass_end: float | None = None
+        self._pace: tuple[float, float] | None = None  # (stream time, perf_counter) at pacing start
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def join(self, timeout: float | None = None) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        try:
+            self._connect_and_decode()
+        except Exception as err:  # this stream's thread must end with an event, whatever happened
+            log.exception("source %s failed", self.location)
+            self._on_event(EventKind.FAILED, f"{self.location}: internal error {type(err).__name__}: {err}")
+
+    def _connect_and_decode(self) -> None:
+        failures = 0
+        backoff = self.options.backoff_s[0]
+        while not self._stop.is_set():
+            try:
+                container = self._open()
+            except (av.error.FFmpegError, OSError) as err:
+                failures += 1
+                if self.kind == FILE or (self.options.max_retries is not None and failures > self.options.max_retries):
+                    self._on_event(EventKind.FAILED, f"cannot open {self.location}: {err}")
+                    return
+                self._on_event(EventKind.OPEN_FAILED, f"cannot open {self.location}: {err}; retrying in {backoff:g} s")
+                backoff = self._wait(backoff)
+                continue
+            with container:
+                frames, cause = self._decode(container)
+            if self._stop.is_set():
+                return
+            if frames:
+                failures, backoff = 0, self.options.backoff_s[0]
+            if self.kind == FILE:
+                if cause:
+                    self._on_event(EventKind.FAILED, cause)
+                    return
+                if not (self.options.loop and frames):
+                    self._on_event(EventKind.ENDED, f"end of file after {frames} frames")
+                    return
+            else:
+                self._on_event(EventKind.DISCONNECTED, f"{cause or 'end of stream'}; reconnecting in {backoff:g} s")
+                backoff = self._wait(backoff)
+
+    def _wait(self, backoff: float) -> float:
+        self._stop.wait(backoff)
+        return min(2 * backoff, self.options.backoff_s[1])
+
+    def _open(self):
+        options = dict(self.options.av_options)
+        if self.kind == FILE:
+            return av.open(self.location, options=options)
+        timeout = (self.options.timeout_s, self.options.timeout_s)
+        return av.open(self.location, format="v4l2" if self.kind == DEVICE else None, options=options, timeout=timeout)
+
+    def _decode(self, container) -> tuple[int, str | None]:
+        """Decode one opened container to its end; (frames, cause of an abnormal end or None)."""
+        if not container.streams.video:
+            return 0, f"{self.location} has no video stream"
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate
+        self.clock.fps = float(rate) if rate else None
+        if self.kind != FILE or self._pass_end is None:  # not a loop's next pass: a new timeline
+            self.clock.restart()
+            self._pace = None
+            self._on_event(EventKind.OPENED, f"{self.location}: {stream.codec_context.name} {stream.width}×{stream.height} at {self.clock.fps or '?'} fps")
+        frames, last_time, in_error = 0, None, False
+        try:
+            for packet in container.demux(stream):
+                if self._stop.is_set():
+                    break
+                try:
+                    decoded = packet.decode()
+                except av.error.FFmpegError as err:
+                    self.decode_errors += 1
+                    if not in_error:
+                        self._on_event(EventKind.DECODE_ERROR, f"{self.location}: {err} (packet at {_seconds(packet)})")
+                    in_error = True
+                    continue
+                for frame in decoded:
+                    in_error = False
+                    last_time = self._deliver(frame, frames)
+                    frames += 1
+        except av.error.FFmpegError as err:
+            frames += self._flush(stream, frames)  # frames the decoder still holds are good
+            return frames, f"{self.location}: {err}"
+        if self.kind == FILE and last_time is not None and not self._stop.is_set():
+            self._check_complete(container, last_time)
+            self._pass_end = last_time + self._offset + (1.0 / self.clock.fps if self.clock.fps else 0.0)
+        return frames, None
+
+    def _flush(self, stream, count: int) -> int:
+        """After a broken read: deliver the frames still inside the decoder; how many."""
+        flushed = 0
+        try:
+            for frame in stream.codec_context.decode(None):
+                frame.time_base = stream.time_base  # the codec's flush leaves it unset
+                self._deliver(frame, count + flushed)
+                flushed += 1
+        except av.error.FFmpegError:
+            pass  # the read error already explains this connection's end
+        return flushed
+
+    def _deliver(self, frame, count: int) -> float:
+        # A stream without timestamps is timed by arrival.
+        time_s = frame.time if frame.time is not None and math.isfinite(frame.time) else time.perf_counter()
+        if count == 0 and self.kind == FILE and self._pass_end is not None:
+            self._offset = self._pass_end - time_s
+        stamped = time_s + self._offset
+        if self.options.realtime:
+            self._pace_to(stamped)
+        index = self.clock.stamp(stamped)
+        if index is None:
+            return time_s
+        self._on_frame(DecodedFrame(frame, stamped, index, self.clock.segment, time.perf_counter()), None)
+        return time_s
+
+    def _pace_to(self, time_s: float) -> None:
+        if self._pace is None:
+            self._pace = (time_s, time.perf_counter())
+        delay = (time_s - self._pace[0]) - (time.perf_counter() - self._pace[1])
+        if delay > 0:
+            self._stop.wait(delay)
+
+    def _check_complete(self, container, last_time: float) -> None:
+        """Files whose container states a duration must reach it: else they were cut short."""
+        if container.duration is None or not self.clock.fps:
+            return
+        start = (container.start_time or 0) / av.time_base
+        expected_end = start + container.duration / av.time_base
+        reached = last_time + 1.0 / self.clock.fps
+        if expected_end - reached > 2.0 / self.clock.fps:
+            self._on_event(EventKind.TRUNCATED, f"{self.location}: frames end at {reached:.2f} s, the container says {expected_end:.2f} s: file truncated")
+
+
+def _seconds(packet) -> str:
+    return f"{float(packet.pts * packet.time_base):.2f} s" if packet.pts is not None and packet.time_base else "unknown time"
+
+
+class PushSource:
+    """Frames handed in by the host (RGB uint8 arrays with their timestamps), fed inline on the
+    host's thread; a bad frame is rejected with an event and the stream goes on."""
+
+    def __init__(self, fps: float, size: tuple[int, int] | None, on_frame: FrameSink, on_event: EventSink):
+        if not (math.isfinite(fps) and fps > 0):
+            raise ValueError(f"a pushed stream needs its frame rate: fps > 0, got {fps}")
+        self.size = size  # (height, width); fixed by the first frame when not given
+        self.clock = FrameClock(fps)
+        self.decode_errors = 0
+        self._on_frame, self._on_event = on_frame, on_event
+        self._lock = threading.Lock()
+        self._last_time: float | None = None
+
+    def push(self, image, time_s: float, boxes=None) -> bool:
+        with self._lock:
+            try:
+                self._check(image, time_s)
+                index = self.clock.stamp(time_s)
+                self._last_time = time_s
+                self._on_frame(DecodedFrame(image, time_s, index, self.clock.segment, time.perf_counter()), boxes)
+            except ValueError as err:
+                self._on_event(EventKind.REJECTED_FRAME, f"frame at {time_s} s rejected: {err}")
+                return False
+            return True
+
+    def _check(self, image, time_s: float) -> None:
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            described = f"{image.dtype} array of shape {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+            raise ValueError(f"expected an RGB uint8 array (H, W, 3), got {described}")
+        if self.size is None:
+            self.size = image.shape[:2]
+        if image.shape[:2] != tuple(self.size):
+            raise ValueError(f"frame is {image.shape[1]}×{image.shape[0]}, this stream's frames are {self.size[1]}×{self.size[0]}")
+        if not math.isfinite(time_s) or (self._last_time is not None and time_s <= self._last_time):
+            raise ValueError(f"timestamp {time_s} does not follow the previous frame's {self._last_time}")

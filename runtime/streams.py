@@ -1,0 +1,141 @@
+"""One stream's pipeline: frames → faces (tracks) → per-track clip buffers → normalised clips.
+
+It runs on the thread that brings the frame (the source's decode thread, or the host's thread
+for pushed frames), so streams never wait on each other before the batcher.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from models.spec import ModelSpec
+from runtime.clips import ClipBuffer
+from runtime.faces import FACE_MODES, FullFrame, HostBoxes, IouTracker, Resizer
+from runtime.records import Clip, EventKind
+from runtime.sources import DecodedFrame, SourceOptions
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    """faces: 'full' (the frame is the face) or 'boxes' (pushed with host boxes).
+    margin: crop margin around a host box, as a fraction of its longer side.
+    track_timeout_s: stream time after which an unseen track is evicted.
+    max_gap_s: time gap between two samples that discards a partial clip; None: two sample
+    periods (2 · frame_stride / fps), i.e. one lost sample is tolerated."""
+
+    faces: str = "full"
+    margin: float = 0.2
+    track_timeout_s: float = 1.0
+    max_gap_s: float | None = None
+    source: SourceOptions = field(default_factory=SourceOptions)
+
+    def __post_init__(self) -> None:
+        if self.faces not in FACE_MODES:
+            raise ValueError(f"unknown face mode {self.faces!r}; known: {', '.join(FACE_MODES)}")
+        if not 0 <= self.margin <= 2:
+            raise ValueError(f"margin must lie in [0, 2], got {self.margin}")
+        if not self.track_timeout_s > 0:
+            raise ValueError(f"track_timeout_s must be > 0, got {self.track_timeout_s}")
+        if self.max_gap_s is not None and not self.max_gap_s > 0:
+            raise ValueError(f"max_gap_s must be > 0 seconds or None, got {self.max_gap_s}")
+
+
+@dataclass(frozen=True)
+class StreamStats:
+    """Counters of one stream. Every ready clip ends as a result, a drop or a failed batch."""
+
+    state: str
+    frames: int
+    frames_lost: int
+    frames_out_of_order: int
+    decode_errors: int
+    clips_ready: int
+    clips_invalidated: int
+    clips_dropped: int
+    clips_failed: int
+    results: int
+    tracks_evicted: int
+    faults: int
+
+
+class StreamPipeline:
+    def __init__(self, stream_id: str, spec: ModelSpec, hop: int, options: StreamOptions,
+                 emit_clip: Callable[[Clip], None], emit_event: Callable[[str, EventKind, str], None],
+                 end_track: Callable[[str, int], None]):
+        self.stream_id, self.spec, self.hop, self.options = stream_id, spec, hop, options
+        self._emit_clip, self._emit_event, self._end_track = emit_clip, emit_event, end_track
+        if options.faces == "full":
+            self.faces = FullFrame(spec.height, spec.width, Resizer())
+        else:
+            tracker = IouTracker(timeout_s=options.track_timeout_s)
+            self.faces = HostBoxes(spec.height, spec.width, options.margin, tracker, Resizer())
+        self._buffers: dict[int, ClipBuffer] = {}
+        self._segment = 0
+        self._lock = threading.Lock()
+        self.clock = None  # the source's FrameClock (frame rate, frames lost), set when attached
+        self.frames = 0
+        self.tracks_evicted = 0
+        self._invalidated_before = 0  # by buffers no longer held
+
+    def feed(self, frame: DecodedFrame, boxes=None) -> None:
+        """Take one frame; ValueError (bad boxes) leaves the stream's state untouched."""
+        with self._lock:
+            faces = self.faces.faces(frame, frame.time_s, boxes)
+            self.frames += 1
+            if frame.segment != self._segment:
+                self._segment = frame.segment
+                for buffer in self._buffers.values():
+                    buffer.reset()
+            for track, crop in faces:
+                buffer = self._buffers.get(track)
+                if buffer is None:
+                    buffer = self._buffers[track] = ClipBuffer(self.spec.frames, self.spec.frame_stride, self.hop)
+                if buffer.wants(frame.index):
+                    self._sample(track, buffer, frame, crop())
+            for track in self.faces.evict(frame.time_s):
+                self._retire(track)
+                self.tracks_evicted += 1
+
+    def end(self) -> None:
+        """End of stream: leftover samples too few for a clip are let go, not counted as faults."""
+        with self._lock:
+            for track, buffer in self._buffers.items():
+                self._invalidated_before += buffer.clips_invalidated
+                self._end_track(self.stream_id, track)
+            self._buffers.clear()
+
+    @property
+    def clips_invalidated(self) -> int:
+        with self._lock:
+            return self._invalidated_before + sum(b.clips_invalidated for b in self._buffers.values())
+
+    def _sample(self, track: int, buffer: ClipBuffer, frame: DecodedFrame, image) -> None:
+        before = buffer.clips_invalidated
+        out = buffer.add(frame.index, frame.time_s, image, self._max_gap_s())
+        if buffer.clips_invalidated > before:
+            self._emit_event(
+                self.stream_id, EventKind.GAP,
+                f"track {track}: {buffer.gap_s:.3f} s between samples before {frame.time_s:.3f} s "
+                f"(limit {self._max_gap_s():.3f} s); partial clip discarded",
+            )
+        if out is not None:
+            frames, start_s, end_s = out
+            data = self.spec.normalize(frames)
+            clip = Clip(self.stream_id, track, buffer.clips_emitted - 1, start_s, end_s, data, frame.captured, time.perf_counter())
+            self._emit_clip(clip)
+
+    def _max_gap_s(self) -> float:
+        if self.options.max_gap_s is not None:
+            return self.options.max_gap_s
+        fps = self.clock.fps if self.clock is not None else None
+        return 2.0 * self.spec.frame_stride / fps if fps else math.inf
+
+    def _retire(self, track: int) -> None:
+        buffer = self._buffers.pop(track)
+        buffer.reset()
+        self._invalidated_before += buffer.clips_invalidated
+        self._end_track(self.stream_id, track)

@@ -1,0 +1,34 @@
+"""The runtime runs on camera boxes without torch: importing any of its modules (and starting
+the CLI) must not load torch, checked in a fresh interpreter."""
+
+from __future__ import annotations
+
+import os
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import runtime
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_runtime_never_imports_torch():
+    # A subpackage's __main__ may run its CLI on import; runtime.__main__ is guarded and checked.
+    modules = sorted(m.name for m in pkgutil.walk_packages(runtime.__path__, "runtime.") if m.name.count("__main__") == 0 or m.name == "runtime.__main__")
+    assert {"runtime.api", "runtime.backends", "runtime.sources", "runtime.__main__"} <= set(modules)
+    code = (
+        "import importlib, sys\n"
+        "import runtime\n"
+        "from runtime import Runtime, RuntimeOptions, StreamOptions, SourceOptions\n"
+        f"for name in {modules!r}:\n"
+        "    importlib.import_module(name)\n"
+        "import onnxruntime\n"
+        "loaded = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))\n"
+        "print('torch modules:', loaded)\n"
+        "sys.exit(1 if loaded else 0)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
