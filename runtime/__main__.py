@@ -109,7 +109,7 @@ class _Printer:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m runtime", description=__doc__.splitlines()[0])
-    parser.add_argument("model", help="exported model (.onnx from python -m export.onnx)")
+    parser.add_argument("model", help="exported model: a bundle directory from python -m export.trt or a .onnx file from python -m export.onnx")
     parser.add_argument("--stream", action="extend", nargs="+", required=True,
                         help="video files, URLs (rtsp/http/udp) or /dev/videoN devices; repeat or list several")
     parser.add_argument("--json", action="store_true", help="print JSON lines")
