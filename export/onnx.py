@@ -164,11 +164,10 @@ def _set_metadata(proto, loaded, custom_ops: tuple[str, ...], precision: str) ->
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
-    """The dfer.* metadata of an exported file, without loading its weights."""
-    import onnx
+    """The dfer.* metadata of an exported file, without parsing its graph or weights."""
+    from runtime.model import read_onnx_metadata
 
-    proto = onnx.load(str(path), load_external_data=False)
-    return {p.key: p.value for p in proto.metadata_props if p.key.startswith("dfer.")}
+    return {key: value for key, value in read_onnx_metadata(path).items() if key.startswith("dfer.")}
 
 
 def op_census(proto) -> Counter:
