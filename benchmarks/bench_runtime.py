@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from runtime.api import Runtime, RuntimeOptions  # noqa: E402
+from runtime.backends import open_backend  # noqa: E402
 from runtime.demo_videos import write_face_video  # noqa: E402
 from runtime.sources import SourceOptions  # noqa: E402
 from runtime.streams import StreamOptions  # noqa: E402
@@ -46,7 +47,8 @@ CLIPS_PER_CASE = 128  # throughput: clips per case, spread over the streams
 PACED_SECONDS = 8.0
 THREADS = int(os.environ.get("DFER_BENCH_THREADS", os.cpu_count() or 1))
 # Queues hold a whole throughput case: these cases measure speed, not the drop policy.
-OPTIONS = RuntimeOptions(threads=THREADS, max_batch=32, max_delay_ms=50, hop=HOP, queue_per_stream=CLIPS_PER_CASE)
+OPTIONS = RuntimeOptions(backend="onnxruntime", providers=("cpu",), threads=THREADS, max_batch=32, max_delay_ms=50, hop=HOP,
+                         queue_per_stream=CLIPS_PER_CASE)
 
 
 def export_model(folder: Path) -> Path:
@@ -115,7 +117,7 @@ def throughput_row(case: str, runtime: Runtime, streams: int, clips_per_stream: 
 def replay(runtime: Runtime) -> float:
     """Raw backend time for the batch sizes the runtime ran, on fresh inputs (best of 2)."""
     spec = runtime.spec
-    backend = type(runtime.backend)(runtime.model, providers=OPTIONS.providers, threads=THREADS)
+    backend = open_backend(runtime.model, OPTIONS.backend, OPTIONS.providers, THREADS)
     inputs = {n: np.random.default_rng(n).standard_normal(spec.input_shape(n)).astype(np.float32) for n in runtime.batch_sizes}
     best = float("inf")
     for _ in range(2):

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernels import emit_custom_op
 from kernels.gated_expert_mlp import gated_expert_mlp, pack_gated_expert_weights
 from models.checkpoint import CheckpointError
 from models.spec import DFEW_LABELS, IMAGENET_MEAN, IMAGENET_STD, ModelSpec
@@ -272,20 +273,31 @@ class Block(nn.Module):
         return self.fused_mlp_moe(x, h)
 
     def fused_mlp_moe(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        """Deploy path: x + mlp(h) + Σ_topk gate · expert(h) as one gated_expert_mlp call.
-
-        Weights are packed on every call, so freshly loaded weights are always used; an ONNX
-        export folds the packing into constants.
-        """
+        """Deploy path: x + mlp(h) + Σ_topk gate · expert(h) as one gated_expert_mlp call."""
         moe = self.moe_layer
-        packed = pack_gated_expert_weights(
-            self.mlp.fc1, self.mlp.fc2, [(e.fc1, e.fc2) for e in moe.experts], moe.router.topkroute_linear
-        )
         expert_dim = moe.experts[0].fc1.out_features
         return gated_expert_mlp(
-            x, h, *packed, num_experts=moe.num_experts, top_k=moe.top_k, expert_dim=expert_dim,
+            x, h, *self.packed_weights(), num_experts=moe.num_experts, top_k=moe.top_k, expert_dim=expert_dim,
             use_kernel=self.use_kernels,
         )  # fmt: skip
+
+    def packed_weights(self) -> tuple[torch.Tensor, ...]:
+        """The FFN, experts and router concatenated into the op's four weights.
+
+        Packing copies ~14 MB per full-size block (fp32), so inference keeps the packed copy
+        and packs again only when a weight changed (load_state_dict, .to(), .half(): a new
+        storage or a bumped version counter). Training (grad needed), ONNX export and
+        torch.compile tracing pack on every call, inside the graph."""
+        moe = self.moe_layer
+        linears = [self.mlp.fc1, self.mlp.fc2, *(l for e in moe.experts for l in (e.fc1, e.fc2)), moe.router.topkroute_linear]
+        if (torch.is_grad_enabled() and linears[0].weight.requires_grad) or emit_custom_op() or torch.compiler.is_compiling():
+            self._packed = None
+            return pack_gated_expert_weights(linears[0], linears[1], [(e.fc1, e.fc2) for e in moe.experts], linears[-1])
+        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for layer in linears for p in (layer.weight, layer.bias))
+        if getattr(self, "_packed", None) is None or self._packed[0] != key:
+            packed = pack_gated_expert_weights(linears[0], linears[1], [(e.fc1, e.fc2) for e in moe.experts], linears[-1])
+            self._packed = (key, tuple(t.detach() for t in packed))
+        return self._packed[1]
 
 
 class PatchEmbed(nn.Module):

@@ -1,6 +1,7 @@
 """Run a model on video streams and print per-track results.
 
     python -m runtime model.onnx --stream a.mp4 --stream rtsp://camera/1 [--json]
+    python -m runtime model.onnx --stream a.mp4 --compound [--static-model fer.onnx] [--mhpf weights.json]
 
 Files end on their own; with live streams (or --loop) it runs until --duration or Ctrl-C.
 Results and stream events go to stdout (JSON lines with --json), the latency table to stderr
@@ -17,6 +18,7 @@ import threading
 from dataclasses import replace
 
 from runtime.api import Runtime, RuntimeOptions
+from runtime.post import CompoundOptions
 from runtime.records import Result, StreamEvent
 from runtime.sources import FILE, SourceOptions, classify_location
 from runtime.streams import StreamOptions
@@ -27,17 +29,20 @@ def main(argv: list[str] | None = None) -> int:
     printer = _Printer(args.json)
     try:
         options = RuntimeOptions(
-            providers=tuple(args.providers.split(",")), threads=args.threads, max_batch=args.max_batch,
+            backend=args.backend, providers=tuple(args.providers.split(",")) if args.providers else None,
+            threads=args.threads, max_batch=args.max_batch,
             max_delay_ms=args.max_delay_ms, queue_per_stream=args.queue, hop=args.hop,
+            tau_s=args.tau_s, threshold=args.threshold, margin=args.margin, compound=_compound_options(args),
         )
         av_options = tuple(_key_value(option) for option in args.av_option)
         source = SourceOptions(loop=args.loop, realtime=args.realtime, max_retries=args.max_retries, av_options=av_options)
-        stream_options = StreamOptions(source=source)
+        stream_options = StreamOptions(faces=args.faces, detector=args.detector, detect_every=args.detect_every, source=source)
         runtime = Runtime(args.model, options, on_result=printer.result, on_event=printer.event)
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     printer.labels = runtime.spec.labels
+    print(f"backend: {runtime.backend.describe()}", file=sys.stderr)
     if runtime.model.untrained:
         print("note: UNTRAINED demo weights: predictions are meaningless", file=sys.stderr)
     stop = threading.Event()
@@ -46,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         for location in args.stream:
             runtime.add_stream(location, options=_with_source_kind(location, stream_options))
         _run_until_done(runtime, stop, args.duration)
-    except ValueError as err:
+    except (ValueError, ImportError, OSError) as err:  # bad options, a detector not installed
         print(f"error: {err}", file=sys.stderr)
         return 2
     finally:
@@ -54,6 +59,13 @@ def main(argv: list[str] | None = None) -> int:
         if runtime.stats():
             print(runtime.summary(), file=sys.stderr)
     return 1 if any(s.state == "failed" for s in runtime.stats().values()) else 0
+
+
+def _compound_options(args) -> CompoundOptions | None:
+    if not (args.compound or args.static_model or args.mhpf):
+        return None
+    return CompoundOptions(static_model=args.static_model, static_frames=args.static_frames, weights=args.mhpf,
+                           ignore=tuple(args.ignore_label))
 
 
 def _key_value(option: str) -> tuple[str, str]:
@@ -92,7 +104,9 @@ class _Printer:
             line = (
                 f"{result.stream_id} track {result.track_id} clip {result.clip_index} "
                 f"[{result.start_s:.2f}–{result.end_s:.2f} s]: {result.label} ({p:.2f}), "
-                f"smoothed {result.smoothed_label}{'  (untrained)' if result.untrained else ''}"
+                f"smoothed {result.smoothed_label}"
+                + (f", compound {result.compound.label} ({result.compound.confidence:.2f})" if result.compound else "")
+                + ("  (untrained)" if result.untrained else "")
             )
         self._print(line)
 
@@ -116,13 +130,28 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--loop", action="store_true", help="replay files forever")
     parser.add_argument("--realtime", action="store_true", help="pace files at their frame rate, like cameras")
     parser.add_argument("--duration", type=float, help="stop after this many seconds")
-    parser.add_argument("--providers", default="cpu", help="ONNX Runtime providers in order: cpu, cuda, tensorrt (default cpu)")
+    parser.add_argument("--backend", default="auto", help="auto (the bundle's TensorRT engine when it runs here, else ONNX Runtime), tensorrt or onnxruntime")
+    parser.add_argument("--providers", help="ONNX Runtime providers in order: cpu, cuda, tensorrt "
+                        "(default: cpu for --backend onnxruntime; cuda, else cpu, for auto)")
     parser.add_argument("--threads", type=int, help="inference threads (default: ONNX Runtime's choice)")
     parser.add_argument("--max-batch", type=int, default=RuntimeOptions.max_batch)
     parser.add_argument("--max-delay-ms", type=float, default=RuntimeOptions.max_delay_ms)
     parser.add_argument("--queue", type=int, default=RuntimeOptions.queue_per_stream, help="ready clips per stream before the oldest is dropped")
     parser.add_argument("--hop", type=int, help="new samples between two clips of a track (default: clip length)")
     parser.add_argument("--max-retries", type=int, help="give up on a live stream after this many failed connects in a row")
+    parser.add_argument("--faces", choices=("full", "detect"), default="full",
+                        help="full: each frame is a face crop (default); detect: find faces with the built-in detector")
+    parser.add_argument("--detector", default=StreamOptions.detector, help="built-in detector model: short_range (default) or full_range")
+    parser.add_argument("--detect-every", type=int, default=StreamOptions.detect_every, help="run the detector every N frames")
+    parser.add_argument("--tau-s", type=float, default=RuntimeOptions.tau_s, help="smoothing time constant in stream seconds (0: none)")
+    parser.add_argument("--threshold", type=float, default=RuntimeOptions.threshold, help="smoothed score a label needs (below: uncertain)")
+    parser.add_argument("--margin", type=float, default=RuntimeOptions.margin, help="hysteresis on label changes")
+    parser.add_argument("--compound", action="store_true", help="also decide ABAW compound expressions per track")
+    parser.add_argument("--static-model", help="a per-frame FER ONNX (python -m export.image_model) fused with the clip model; implies --compound")
+    parser.add_argument("--static-frames", type=int, default=CompoundOptions.static_frames, help="frames of each clip the static model sees")
+    parser.add_argument("--mhpf", help="MHPF fusion weights (JSON) for the models 'dynamic' and 'static' (default: their mean)")
+    parser.add_argument("--ignore-label", action="append", default=[], metavar="NAME",
+                        help="a model label outside the ABAW seven to drop before fusion (e.g. contempt); repeat for more")
     parser.add_argument("--av-option", action="append", default=[], metavar="KEY=VALUE",
                         help="FFmpeg option for opening streams, e.g. rtsp_transport=tcp; repeat for more")
     return parser

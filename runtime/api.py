@@ -28,10 +28,12 @@ import numpy as np
 from runtime.backends import open_backend
 from runtime.batcher import Batcher
 from runtime.latency import ALL, LatencyBook, summary_table
-from runtime.model import load_model_source
+from runtime.model import ModelSource, load_model_source
+from runtime.post import CompoundOptions, PostProcessor, StaticFrames
 from runtime.records import Clip, EventKind, Result, StreamEvent
 from runtime.sources import PushSource, VideoSource
 from runtime.streams import StreamOptions, StreamPipeline, StreamStats
+from runtime.temporal import TemporalOptions
 
 log = logging.getLogger("runtime")
 _END = object()
@@ -43,20 +45,28 @@ class RuntimeOptions:
     by the backend's own limit); max_delay_ms: longest a ready clip waits for a fuller batch;
     queue_per_stream: ready clips a stream may have waiting before its oldest is dropped;
     hop: new samples between two clips of a track (None: the clip length, no overlap);
-    ema: weight of the newest result in a track's smoothed probabilities."""
+    tau_s/threshold/margin: each track's decisions (runtime.temporal.TemporalOptions: EMA time
+    constant in stream seconds, score a label needs, hysteresis); compound: compound
+    expressions per track, optionally fused with a static per-frame model (runtime.post)."""
 
-    backend: str = "onnxruntime"
-    providers: tuple[str, ...] = ("cpu",)
+    backend: str = "auto"
+    providers: tuple[str, ...] | None = None
     threads: int | None = None
     max_batch: int = 32
     max_delay_ms: float = 50.0
     queue_per_stream: int = 8
     hop: int | None = None
-    ema: float = 0.5
+    tau_s: float = 1.0
+    threshold: float = 0.4
+    margin: float = 0.05
+    compound: CompoundOptions | None = None
 
     def __post_init__(self) -> None:
-        if not 0 < self.ema <= 1:
-            raise ValueError(f"ema must lie in (0, 1], got {self.ema}")
+        TemporalOptions(labels=("any",), **self.temporal)  # the one check of these three
+
+    @property
+    def temporal(self) -> dict:
+        return {"tau_s": self.tau_s, "threshold": self.threshold, "margin": self.margin}
 
 
 class _Stream:
@@ -74,18 +84,23 @@ class Runtime:
         self.hop = options.hop if options.hop is not None else self.spec.frames
         if not 1 <= self.hop <= self.spec.frames:
             raise ValueError(f"hop must lie in [1, {self.spec.frames}] (the clip length), got {self.hop}")
+        self.static_model, self._static_backend, self._static_frames = self._open_static(options)
+        static_labels = None if self.static_model is None else self.static_model.spec.labels
+        self.post = PostProcessor(self.spec.labels, options.temporal, options.compound, static_labels)
         self.backend = open_backend(self.model, options.backend, options.providers, options.threads)
         max_batch = min(options.max_batch, self.backend.max_batch or options.max_batch)
         self._batcher = Batcher(max_batch, options.max_delay_ms / 1e3, options.queue_per_stream)
         # One input buffer, reused by every batch: stacking 32 clips of 64×64 into a fresh
         # array took 15 ms (page faults), into this one 4.4 ms (2-core dev box).
-        self._inputs = np.empty(self.spec.input_shape(max_batch), self.backend.input_dtype)
+        self._inputs = self.backend.input_buffer(self.spec.input_shape(max_batch))
         self._on_result, self._on_event = on_result, on_event
         self._streams: dict[str, _Stream] = {}
         self._retired: dict[str, _Stream] = {}  # removed streams, kept for stats and the summary
         self._counts: dict[str, Counter] = {}
         self._events: deque[StreamEvent] = deque(maxlen=10_000)
-        self._ema: dict[tuple[str, int], np.ndarray] = {}
+        # Clips of a track not yet accounted for; a track ends once its last one is out.
+        self._pending: Counter[tuple[str, int]] = Counter()
+        self._ending: set[tuple[str, int]] = set()
         self._latency = LatencyBook()
         self._results: queue.Queue = queue.Queue()
         self._outbox: queue.Queue = queue.Queue()
@@ -107,8 +122,9 @@ class Runtime:
 
     def add_stream(self, location: str, stream_id: str | None = None, options: StreamOptions = StreamOptions()) -> str:
         """Decode a file, URL (rtsp/http/udp/...) or /dev/video device in its own thread."""
-        if options.faces != "full":
-            raise ValueError(f"decoded streams take face mode 'full' (the video is the face crop), got {options.faces!r}")
+        if options.faces == "boxes":
+            raise ValueError("decoded streams take face mode 'full' (the video is the face crop) or 'detect' "
+                             "(the built-in detector), not 'boxes' (boxes come with pushed frames)")
         stream_id = self._new_id(stream_id, location)
         pipeline = self._pipeline(stream_id, options)
         source = VideoSource(location, options.source, pipeline.feed, lambda kind, cause: self._stream_event(stream_id, kind, cause))
@@ -210,6 +226,8 @@ class Runtime:
         self._delivery.join()
         self._results.put(_END)
         self.backend.close()
+        if self._static_backend is not None:
+            self._static_backend.close()
 
     def __enter__(self) -> "Runtime":
         return self
@@ -227,8 +245,18 @@ class Runtime:
             raise ValueError(f"stream id {stream_id!r} is already in use")
         return stream_id
 
+    def _open_static(self, options: RuntimeOptions) -> tuple[ModelSource | None, object, StaticFrames | None]:
+        compound = options.compound
+        if compound is None or compound.static_model is None:
+            return None, None, None
+        source = load_model_source(compound.static_model)
+        frames = StaticFrames(source.spec, compound.static_frames)
+        backend = "auto" if options.backend == "tensorrt" else options.backend  # a plain ONNX holds no engine
+        return source, open_backend(source, backend, options.providers, options.threads), frames
+
     def _pipeline(self, stream_id: str, options: StreamOptions) -> StreamPipeline:
-        return StreamPipeline(stream_id, self.spec, self.hop, options, self._enqueue, self._stream_event, self._end_track)
+        return StreamPipeline(stream_id, self.spec, self.hop, options, self._enqueue, self._stream_event, self._end_track,
+                              self._static_frames)
 
     def _attach(self, stream_id: str, pipeline: StreamPipeline, source) -> None:
         pipeline.clock = source.clock
@@ -248,8 +276,10 @@ class Runtime:
     def _enqueue(self, clip: Clip) -> None:
         with self._lock:
             self._counts[clip.stream_id]["clips_ready"] += 1
+            self._pending[clip.stream_id, clip.track_id] += 1
         dropped = self._batcher.put(clip)
         if dropped is not None:
+            self._accounted(dropped.stream_id, dropped.track_id)
             with self._progress:
                 self._counts[dropped.stream_id]["clips_dropped"] += 1
                 self._progress.notify_all()
@@ -259,8 +289,8 @@ class Runtime:
                 f"clip {dropped.index} of track {dropped.track_id} ({dropped.start_s:.2f}–{dropped.end_s:.2f} s) dropped: {why}",
             )
 
-    def _stream_event(self, stream_id: str, kind: EventKind, cause: str) -> None:
-        event = StreamEvent(stream_id, kind, cause, time.perf_counter())
+    def _stream_event(self, stream_id: str, kind: EventKind, cause: str, label_events=()) -> None:
+        event = StreamEvent(stream_id, kind, cause, time.perf_counter(), tuple(label_events))
         with self._progress:
             self._events.append(event)
             if event.is_fault:
@@ -290,33 +320,63 @@ class Runtime:
                 if np.shape(logits) != (len(batch), self.spec.num_classes):
                     raise ValueError(f"the model returned logits of shape {np.shape(logits)}, expected {(len(batch), self.spec.num_classes)}")
                 probabilities = _softmax(np.asarray(logits, np.float64))
+                static = self._static_probabilities(batch)
             except Exception as err:
                 self._batch_failed(batch, err)
                 continue
             self.backend_seconds += done - started
             self.batch_sizes[len(batch)] += 1
-            for clip, probs in zip(batch, probabilities):
-                self._outbox.put(self._result(clip, probs, dispatched, done, len(batch)))
+            for k, (clip, probs) in enumerate(zip(batch, probabilities)):
+                self._outbox.put(self._result(clip, probs, None if static is None else static[k], dispatched, done, len(batch)))
             self.dispatch_seconds += time.perf_counter() - dispatched
 
-    def _end_track(self, stream_id: str, track_id: int) -> None:
-        with self._lock:
-            self._ema.pop((stream_id, track_id), None)
+    def _static_probabilities(self, batch: list[Clip]) -> np.ndarray | None:
+        """The static model's mean per-frame probabilities for each clip of the batch."""
+        if self._static_backend is None:
+            return None
+        frames = np.concatenate([clip.static_data for clip in batch]).astype(self._static_backend.input_dtype, copy=False)
+        logits = self._static_backend.run(frames)
+        classes = self.static_model.spec.num_classes
+        if np.shape(logits) != (len(frames), classes):
+            raise ValueError(f"the static model returned logits of shape {np.shape(logits)}, expected {(len(frames), classes)}")
+        return _softmax(np.asarray(logits, np.float64)).reshape(len(batch), -1, classes).mean(axis=1)
 
-    def _result(self, clip: Clip, probs: np.ndarray, dispatched: float, done: float, batch_size: int) -> Result:
-        key = (clip.stream_id, clip.track_id)
+    def _end_track(self, stream_id: str, track_id: int) -> None:
+        """The track has no more clips coming; it ends once those already cut are accounted for."""
         with self._lock:
-            previous = self._ema.get(key)
-            smoothed = probs if previous is None else self.options.ema * probs + (1 - self.options.ema) * previous
-            self._ema[key] = smoothed
-        labels = self.spec.labels
+            self._ending.add((stream_id, track_id))
+        self._maybe_finish_track((stream_id, track_id))
+
+    def _accounted(self, stream_id: str, track_id: int) -> None:
+        """A clip of the track became a result, a drop or a failure (called before it is
+        counted, so a track's end is reported before wait() sees its stream settled)."""
+        key = (stream_id, track_id)
+        with self._lock:
+            self._pending[key] -= 1
+        self._maybe_finish_track(key)
+
+    def _maybe_finish_track(self, key: tuple[str, int]) -> None:
+        with self._lock:
+            if key not in self._ending or self._pending[key] > 0:
+                return
+            self._ending.discard(key)
+            del self._pending[key]
+        offsets = self.post.end_track(key)
+        held = ", ".join(f"{e.label} ({e.confidence:.2f})" for e in offsets) or "no label"
+        self._stream_event(key[0], EventKind.TRACK_ENDED, f"track {key[1]} ended; it held {held}", offsets)
+
+    def _result(self, clip: Clip, probs: np.ndarray, static: np.ndarray | None, dispatched: float, done: float,
+                batch_size: int) -> Result:
+        decision, compound, restarted = self.post.decide((clip.stream_id, clip.track_id), clip.end_s, probs, static)
         return Result(
             clip.stream_id, clip.track_id, clip.index, clip.start_s, clip.end_s, tuple(float(p) for p in probs),
-            labels[int(probs.argmax())], labels[int(smoothed.argmax())], clip.captured, clip.ready, dispatched, done,
-            done, batch_size, self.model.untrained,
+            self.spec.labels[int(probs.argmax())], decision.label, clip.captured, clip.ready, dispatched, done,
+            done, batch_size, self.model.untrained, decision.confidence, restarted + decision.events, compound,
         )
 
     def _batch_failed(self, batch: list[Clip], err: Exception) -> None:
+        for clip in batch:
+            self._accounted(clip.stream_id, clip.track_id)
         for stream_id, n in Counter(clip.stream_id for clip in batch).items():
             with self._progress:
                 self._counts[stream_id]["clips_failed"] += n
@@ -334,6 +394,7 @@ class Runtime:
                     self._on_result(result)
                 except Exception:  # a host callback's bug must not stop delivery
                     log.exception("on_result callback failed")
+            self._accounted(result.stream_id, result.track_id)
             with self._progress:
                 self._counts[result.stream_id]["results"] += 1
                 self._progress.notify_all()

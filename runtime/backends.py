@@ -1,13 +1,18 @@
 """Inference backends behind one small interface; heavy imports happen only when one is opened.
 
-``open_backend(source, name, providers)`` picks from ``BACKENDS`` by name. Today:
+``open_backend(source, name, providers, threads)`` picks from ``BACKENDS`` by name:
 
 * ``onnxruntime``: the exported ONNX file in ONNX Runtime, on the execution providers named in
   ``providers`` (``cpu``, ``cuda``, ``tensorrt``), in order of preference. A provider this
   ONNX Runtime build lacks is an error, never a silent move to the CPU.
+* ``tensorrt``: the bundle's TensorRT engine for this GPU (runtime.trt_backend), with pinned
+  buffers and CUDA graphs.
+* ``auto`` (the default): the engine when TensorRT and a GPU it fits are here, else ONNX
+  Runtime on CUDA when this build and machine have it, else on the CPU. Each backend it passes
+  over is named with the reason in ``describe()``, so the choice is never silent.
 
-A TensorRT-engine backend (pinned buffers, one CUDA graph per batch size) is the next entry;
-it needs a GPU to be written and tested honestly, so it is not stubbed here.
+A backend that cannot run on this machine raises BackendUnavailable when it opens, with one
+line saying what is missing (package, driver, GPU, engine); auto moves on only past those.
 """
 
 from __future__ import annotations
@@ -20,6 +25,10 @@ import numpy as np
 from runtime.model import ModelSource
 
 
+class BackendUnavailable(ValueError):
+    """This backend cannot run here (a package, driver, GPU or engine is missing); one line says which."""
+
+
 class Backend(ABC):
     """Runs batches of normalised clips (N, 3, T, H, W) → logits (N, classes)."""
 
@@ -29,12 +38,22 @@ class Backend(ABC):
     # The model input's dtype: float16 for fp16 exports, whose clips are cast on the host
     # (half the bytes to move); logits come back as they are.
     input_dtype: np.dtype = np.dtype(np.float32)
+    # Why auto chose this backend (the ones it passed over and their reasons); "" when named.
+    reason: str = ""
 
     @abstractmethod
     def run(self, batch: np.ndarray) -> np.ndarray: ...
 
-    def describe(self) -> str:
+    def input_buffer(self, shape: tuple[int, ...]) -> np.ndarray:
+        """Where the caller should stack batches: a GPU backend hands out pinned host memory,
+        so a batch goes to the device without another host copy."""
+        return np.empty(shape, self.input_dtype)
+
+    def details(self) -> str:
         return self.name
+
+    def describe(self) -> str:
+        return f"{self.details()}; {self.reason}" if self.reason else self.details()
 
     def close(self) -> None:
         """Free what the backend holds (device memory, sessions)."""
@@ -51,23 +70,21 @@ class OnnxRuntimeBackend(Backend):
     def __init__(self, source: ModelSource, providers: tuple[str, ...] = ("cpu",), threads: int | None = None):
         import onnxruntime as ort
 
-        if not providers:
-            raise ValueError("name at least one ONNX Runtime execution provider")
-        wanted = [self.PROVIDERS[_choose(p, self.PROVIDERS, "execution provider")] for p in providers]
+        wanted = provider_names(providers)
         available = ort.get_available_providers()
         missing = [p for p in wanted if p not in available]
         if missing:
-            raise ValueError(f"this ONNX Runtime build lacks {', '.join(missing)}; it has {', '.join(available)}")
+            raise BackendUnavailable(f"this ONNX Runtime build lacks {', '.join(missing)}; it has {', '.join(available)}")
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
         self._session = ort.InferenceSession(str(source.onnx_path), options, providers=wanted)
         used = self._session.get_providers()
         if wanted[0] not in used:
-            raise ValueError(f"ONNX Runtime could not start {wanted[0]} (session runs on {', '.join(used)})")
+            raise BackendUnavailable(f"ONNX Runtime could not start {wanted[0]} (session runs on {', '.join(used)})")
         (clip,) = self._session.get_inputs()
         self._input, self._output = clip.name, self._session.get_outputs()[0].name
-        expected = [3, source.spec.frames, source.spec.height, source.spec.width]
+        expected = list(source.spec.input_shape(1)[1:])
         if list(clip.shape[1:]) != expected:
             raise ValueError(f"{source.onnx_path}: model input is {clip.shape}, its metadata says (N, {', '.join(map(str, expected))})")
         if clip.type not in _ONNX_TYPES:
@@ -78,19 +95,60 @@ class OnnxRuntimeBackend(Backend):
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self._session.run([self._output], {self._input: batch})[0]
 
-    def describe(self) -> str:
+    def details(self) -> str:
         return f"onnxruntime ({', '.join(self.providers)})"
 
     def close(self) -> None:
         self._session = None
 
 
+def _open_tensorrt(source: ModelSource, providers, threads) -> Backend:
+    for option, value in (("providers", providers), ("threads", threads)):
+        if value:
+            raise ValueError(f"{option} apply to ONNX Runtime; the tensorrt backend runs the bundle's engine")
+    from runtime.trt_backend import TensorRtBackend  # tensorrt and cuda-python load only here
+
+    return TensorRtBackend(source)
+
+
+def _open_onnxruntime(source: ModelSource, providers, threads) -> Backend:
+    return OnnxRuntimeBackend(source, providers or ("cpu",), threads)
+
+
+def _open_auto(source: ModelSource, providers, threads) -> Backend:
+    """The engine if it runs here, else ONNX Runtime (CUDA, then CPU); the reasons go in describe()."""
+    passed_over = []
+    try:
+        return _open_tensorrt(source, None, None)
+    except BackendUnavailable as err:
+        passed_over.append(f"tensorrt: {err}")
+    for choice in [tuple(providers)] if providers else [("cuda", "cpu"), ("cpu",)]:
+        try:
+            backend = OnnxRuntimeBackend(source, choice, threads)
+        except BackendUnavailable as err:
+            passed_over.append(f"onnxruntime {','.join(choice)}: {err}")
+            continue
+        backend.reason = "auto passed over " + "; ".join(passed_over)
+        return backend
+    raise BackendUnavailable("no backend can run here: " + "; ".join(passed_over))
+
+
 _ONNX_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
-BACKENDS = {"onnxruntime": OnnxRuntimeBackend}
+BACKENDS = {"auto": _open_auto, "onnxruntime": _open_onnxruntime, "tensorrt": _open_tensorrt}
 
 
-def open_backend(source: ModelSource, name: str = "onnxruntime", providers: tuple[str, ...] = ("cpu",), threads: int | None = None) -> Backend:
-    return BACKENDS[_choose(name, BACKENDS, "backend")](source, providers=providers, threads=threads)
+def open_backend(source: ModelSource, name: str = "auto", providers: tuple[str, ...] | None = None, threads: int | None = None) -> Backend:
+    """providers: ONNX Runtime's execution providers (None: CPU when named, auto's choice under auto)."""
+    if providers is not None:
+        provider_names(providers)  # a typo fails now, whichever backend ends up running
+    return BACKENDS[_choose(name, BACKENDS, "backend")](source, providers, threads)
+
+
+def provider_names(providers: tuple[str, ...]) -> list[str]:
+    if not providers:
+        raise ValueError("name at least one ONNX Runtime execution provider")
+    table = OnnxRuntimeBackend.PROVIDERS
+    return [table[_choose(p, table, "execution provider")] for p in providers]
 
 
 def _choose(name: str, table: dict, what: str) -> str:

@@ -1,13 +1,13 @@
 """Face stage: which faces a frame holds, as tracks with stable ids, and their model-sized crops.
 
-Two crop providers today:
+Three crop providers:
 
 * ``full``: the video already is a face crop (as DFEW, FERV39k and MAFW clips are): one track,
   id 0, the whole frame.
 * ``boxes``: the host pipeline hands in face boxes with each pushed frame; a greedy IoU
   tracker gives them track ids, and idle tracks are evicted after ``timeout_s`` of stream time.
-
-A built-in detector is not here yet: see the runtime notes in README.md.
+* ``detect``: the built-in detector (runtime.detector, BlazeFace) finds the boxes every
+  ``detect_every`` frames; they are tracked and cropped as host boxes are.
 
 Resizing goes through PyAV's swscale (bilinear), a core dependency already decoding the
 video, so the core needs no OpenCV.
@@ -16,12 +16,16 @@ video, so the core needs no OpenCV.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-FACE_MODES = ("full", "boxes")
+if TYPE_CHECKING:  # runtime.detector builds on this module's Resizer and iou
+    from runtime.detector import FaceDetector
+
+FACE_MODES = ("full", "boxes", "detect")
 
 
 class Resizer:
@@ -150,7 +154,9 @@ class HostBoxes:
             raise ValueError("this stream's face mode is 'boxes': push each frame with its face boxes (an empty list for none)")
         image = self.resizer.rgb(frame.image)
         boxes = check_boxes(boxes, image.shape[1], image.shape[0])
-        ids = self.tracker.update(boxes, time_s)
+        return self._croppers(image, self.tracker.update(boxes, time_s), boxes)
+
+    def _croppers(self, image: np.ndarray, ids: Sequence[int], boxes: Sequence[np.ndarray]) -> list[FaceCrop]:
         return [(track, self._cropper(image, box)) for track, box in zip(ids, boxes)]
 
     def _cropper(self, image: np.ndarray, box: np.ndarray) -> Callable[[], np.ndarray]:
@@ -158,3 +164,32 @@ class HostBoxes:
 
     def evict(self, time_s: float) -> list[int]:
         return self.tracker.evict(time_s)
+
+
+class DetectedFaces(HostBoxes):
+    """Faces the built-in detector finds every ``detect_every`` frames, tracked and cropped as
+    host boxes; in between, the faces of the last detection keep their boxes (a face moves
+    little in a few frames, and detection is the face stage's main cost). Tracks are evicted
+    only after a detection, so ``timeout_s`` counts stream time unseen by the detector."""
+
+    def __init__(self, height: int, width: int, margin: float, tracker: IouTracker, resizer: Resizer,
+                 detector: FaceDetector, detect_every: int = 1):
+        super().__init__(height, width, margin, tracker, resizer)
+        self.detector, self.detect_every = detector, detect_every
+        self._frames, self._detected = 0, False
+        self._last: tuple[list[int], np.ndarray] = ([], np.zeros((0, 4)))  # ids and boxes
+
+    def faces(self, frame, time_s: float, boxes: Sequence | None) -> list[FaceCrop]:
+        if boxes is not None:
+            raise ValueError("this stream's face mode is 'detect': it takes no boxes")
+        self._detected = self._frames % self.detect_every == 0
+        self._frames += 1
+        if self._detected:
+            found, _ = self.detector.detect(frame.image)
+            self._last = (self.tracker.update(found, time_s), found)
+        if not self._last[0]:
+            return []
+        return self._croppers(self.resizer.rgb(frame.image), *self._last)
+
+    def evict(self, time_s: float) -> list[int]:
+        return self.tracker.evict(time_s) if self._detected else []

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from runtime.compound.labels import COMPOUND_CLASSES
+from runtime.temporal import Event
+
 
 @dataclass(frozen=True)
 class Clip:
@@ -30,14 +33,44 @@ class Clip:
     data: np.ndarray
     captured: float
     ready: float
+    static_data: np.ndarray | None = None  # a static model's (k, 3, h, w) frames, when one runs
+
+
+@dataclass(frozen=True)
+class CompoundResult:
+    """The compound verdict on one clip: label (or 'uncertain') and confidence after smoothing
+    and hysteresis, this clip's own top class and normalised PPA scores (COMPOUND_CLASSES
+    order), the static model's clip-mean probabilities (its own label order), and events."""
+
+    label: str
+    confidence: float
+    top: str
+    scores: tuple[float, ...]
+    static_probabilities: tuple[float, ...] | None
+    events: tuple[Event, ...]
+
+    def to_json_dict(self) -> dict:
+        return {
+            "label": self.label,
+            "confidence": round(self.confidence, 4),
+            "top": self.top,
+            "scores": {name: round(s, 4) for name, s in zip(COMPOUND_CLASSES, self.scores)},
+            "events": [event_json(e) for e in self.events],
+        }
+
+
+def event_json(event: Event) -> dict:
+    return {"kind": event.kind, "label": event.label, "time_s": round(event.time_s, 4), "confidence": round(event.confidence, 4)}
 
 
 @dataclass(frozen=True)
 class Result:
     """The model's verdict on one clip of one track, with the time it spent in every stage.
 
-    probabilities follow ``labels`` of the model; smoothed_label is the arg-max of a per-track
-    exponential moving average of the probabilities (it flickers less than label).
+    probabilities follow ``labels`` of the model; label is their arg-max. smoothed_label is the
+    track's decision (runtime.temporal: an EMA in stream time with hysteresis, or 'uncertain'
+    while no label is confident enough), confidence its smoothed score, and events the onsets
+    and offsets this result caused. compound: the compound-expression verdict, when enabled.
     """
 
     stream_id: str
@@ -55,6 +88,9 @@ class Result:
     emitted: float
     batch_size: int
     untrained: bool
+    confidence: float
+    events: tuple[Event, ...]
+    compound: CompoundResult | None = None
 
     def latencies(self) -> dict[str, float]:
         """Seconds spent in each stage (names as in runtime.latency.STAGES)."""
@@ -76,10 +112,13 @@ class Result:
             "end_s": round(self.end_s, 4),
             "label": self.label,
             "smoothed_label": self.smoothed_label,
+            "confidence": round(self.confidence, 4),
+            "events": [event_json(e) for e in self.events],
             "probabilities": {name: round(p, 4) for name, p in zip(labels, self.probabilities)},
             "latency_ms": {stage: round(1e3 * s, 3) for stage, s in self.latencies().items()},
             "batch_size": self.batch_size,
             "untrained": self.untrained,
+            **({"compound": self.compound.to_json_dict()} if self.compound is not None else {}),
         }
 
 
@@ -97,6 +136,7 @@ class EventKind(str, enum.Enum):
     CLIP_DROPPED = "clip_dropped"
     INFERENCE_FAILED = "inference_failed"
     FAILED = "failed"
+    TRACK_ENDED = "track_ended"
 
 
 FAULTS = frozenset(
@@ -116,16 +156,21 @@ FAULTS = frozenset(
 
 @dataclass(frozen=True)
 class StreamEvent:
-    """Something that happened to one stream; cause says what, in one line."""
+    """Something that happened to one stream; cause says what, in one line. A TRACK_ENDED
+    event carries the offsets of the labels the track held (label_events)."""
 
     stream_id: str
     kind: EventKind
     cause: str
     time: float
+    label_events: tuple[Event, ...] = ()
 
     @property
     def is_fault(self) -> bool:
         return self.kind in FAULTS
 
     def to_json_dict(self) -> dict:
-        return {"type": "event", "stream": self.stream_id, "kind": self.kind.value, "cause": self.cause}
+        record = {"type": "event", "stream": self.stream_id, "kind": self.kind.value, "cause": self.cause}
+        if self.label_events:
+            record["label_events"] = [event_json(e) for e in self.label_events]
+        return record

@@ -167,9 +167,9 @@ class VideoSource:
             except (av.error.FFmpegError, OSError) as err:
                 failures += 1
                 if self.kind == FILE or (self.options.max_retries is not None and failures > self.options.max_retries):
-                    self._on_event(EventKind.FAILED, f"cannot open {self.location}: {err}")
+                    self._on_event(EventKind.FAILED, f"cannot open {self.location}: {self._why(err)}")
                     return
-                self._on_event(EventKind.OPEN_FAILED, f"cannot open {self.location}: {err}; retrying in {backoff:g} s")
+                self._on_event(EventKind.OPEN_FAILED, f"cannot open {self.location}: {self._why(err)}; retrying in {backoff:g} s")
                 backoff = self._wait(backoff)
                 continue
             with container:
@@ -188,6 +188,13 @@ class VideoSource:
             else:
                 self._on_event(EventKind.DISCONNECTED, f"{cause or 'end of stream'}; reconnecting in {backoff:g} s")
                 backoff = self._wait(backoff)
+
+    def _why(self, err: Exception) -> str:
+        """FFmpeg's words, except for its interrupt: on a live source that is our timeout
+        expiring on silence (a UDP sender that stopped never says so), not "Immediate exit"."""
+        if isinstance(err, av.error.ExitError) and self.kind != FILE:
+            return f"no data for {self.options.timeout_s:g} s"
+        return str(err)
 
     def _wait(self, backoff: float) -> float:
         self._stop.wait(backoff)
@@ -230,7 +237,7 @@ class VideoSource:
                     frames += 1
         except av.error.FFmpegError as err:
             frames += self._flush(stream, frames)  # frames the decoder still holds are good
-            return frames, f"{self.location}: {err}"
+            return frames, f"{self.location}: {self._why(err)}"
         if self.kind == FILE and last_time is not None and not self._stop.is_set():
             self._check_complete(container, last_time)
             self._pass_end = last_time + self._offset + (1.0 / self.clock.fps if self.clock.fps else 0.0)

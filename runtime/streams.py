@@ -14,15 +14,21 @@ from dataclasses import dataclass, field
 
 from models.spec import ModelSpec
 from runtime.clips import ClipBuffer
-from runtime.faces import FACE_MODES, FullFrame, HostBoxes, IouTracker, Resizer
+from runtime.detector import MODELS as DETECTOR_MODELS, FaceDetector
+from runtime.faces import FACE_MODES, DetectedFaces, FullFrame, HostBoxes, IouTracker, Resizer
+from runtime.post import StaticFrames
 from runtime.records import Clip, EventKind
 from runtime.sources import DecodedFrame, SourceOptions
 
 
 @dataclass(frozen=True)
 class StreamOptions:
-    """faces: 'full' (the frame is the face) or 'boxes' (pushed with host boxes).
-    margin: crop margin around a host box, as a fraction of its longer side.
+    """faces: 'full' (the frame is the face), 'boxes' (pushed with host boxes) or 'detect'
+    (the built-in detector, runtime.detector).
+    margin: crop margin around a host or detected box, as a fraction of its longer side.
+    detector: the built-in detector's model: 'short_range' (faces within ~2 m) or 'full_range'
+    (~5 m, ~4× the inference time). detect_every: detect on every n-th frame; in between, the
+    faces of the last detection keep their boxes.
     track_timeout_s: stream time after which an unseen track is evicted.
     max_gap_s: time gap between two samples that discards a partial clip; None: two sample
     periods (2 · frame_stride / fps), i.e. one lost sample is tolerated."""
@@ -31,6 +37,8 @@ class StreamOptions:
     margin: float = 0.2
     track_timeout_s: float = 1.0
     max_gap_s: float | None = None
+    detector: str = "short_range"
+    detect_every: int = 1
     source: SourceOptions = field(default_factory=SourceOptions)
 
     def __post_init__(self) -> None:
@@ -42,6 +50,10 @@ class StreamOptions:
             raise ValueError(f"track_timeout_s must be > 0, got {self.track_timeout_s}")
         if self.max_gap_s is not None and not self.max_gap_s > 0:
             raise ValueError(f"max_gap_s must be > 0 seconds or None, got {self.max_gap_s}")
+        if self.detector not in DETECTOR_MODELS:
+            raise ValueError(f"unknown face detector {self.detector!r}; known: {', '.join(DETECTOR_MODELS)}")
+        if type(self.detect_every) is not int or self.detect_every < 1:
+            raise ValueError(f"detect_every must be an integer ≥ 1, got {self.detect_every!r}")
 
 
 @dataclass(frozen=True)
@@ -65,14 +77,19 @@ class StreamStats:
 class StreamPipeline:
     def __init__(self, stream_id: str, spec: ModelSpec, hop: int, options: StreamOptions,
                  emit_clip: Callable[[Clip], None], emit_event: Callable[[str, EventKind, str], None],
-                 end_track: Callable[[str, int], None]):
+                 end_track: Callable[[str, int], None], static: StaticFrames | None = None):
         self.stream_id, self.spec, self.hop, self.options = stream_id, spec, hop, options
+        self.static, self._static_resizer = static, Resizer()  # its own swscale context: another size
         self._emit_clip, self._emit_event, self._end_track = emit_clip, emit_event, end_track
         if options.faces == "full":
             self.faces = FullFrame(spec.height, spec.width, Resizer())
-        else:
+        elif options.faces == "boxes":
             tracker = IouTracker(timeout_s=options.track_timeout_s)
             self.faces = HostBoxes(spec.height, spec.width, options.margin, tracker, Resizer())
+        else:
+            tracker = IouTracker(timeout_s=options.track_timeout_s)
+            self.faces = DetectedFaces(spec.height, spec.width, options.margin, tracker, Resizer(),
+                                       FaceDetector(options.detector), options.detect_every)
         self._buffers: dict[int, ClipBuffer] = {}
         self._segment = 0
         self._lock = threading.Lock()
@@ -125,7 +142,9 @@ class StreamPipeline:
         if out is not None:
             frames, start_s, end_s = out
             data = self.spec.normalize(frames)
-            clip = Clip(self.stream_id, track, buffer.clips_emitted - 1, start_s, end_s, data, frame.captured, time.perf_counter())
+            static = None if self.static is None else self.static.inputs(frames, self._static_resizer)
+            clip = Clip(self.stream_id, track, buffer.clips_emitted - 1, start_s, end_s, data, frame.captured,
+                        time.perf_counter(), static)
             self._emit_clip(clip)
 
     def _max_gap_s(self) -> float:

@@ -262,8 +262,10 @@ def test_options_are_validated():
         StreamOptions(faces="haar")
     with pytest.raises(ValueError, match="backoff_s"):
         SourceOptions(backoff_s=(2.0, 1.0))
-    with pytest.raises(ValueError, match="ema"):
-        RuntimeOptions(ema=0)
+    with pytest.raises(ValueError, match="threshold"):
+        RuntimeOptions(threshold=1.5)
+    with pytest.raises(ValueError, match="tau_s"):
+        RuntimeOptions(tau_s=-1)
 
 
 # --- the runtime on pushed frames ----------------------------------------------------------
@@ -277,7 +279,8 @@ def test_pushed_frames_give_exact_clips_with_correct_probabilities(tiny):
         for t, frame in enumerate(frames):
             assert runtime.push_frame(stream, frame, 100 + t / 10)
     spec = runtime.spec
-    assert len(results) == clip_count(23, 4, 2, 2) == 5 and not events
+    assert len(results) == clip_count(23, 4, 2, 2) == 5
+    assert [e.kind for e in events] == [EventKind.TRACK_ENDED]  # at close, after its last result
     for k, result in enumerate(sorted(results, key=lambda r: r.clip_index)):
         used = frames[2 * 2 * k : 2 * 2 * k + 8 : 2]
         np.testing.assert_allclose(result.probabilities, tiny_probabilities(used, spec), atol=1e-5)  # fp32 mean of 768 values
@@ -306,7 +309,7 @@ def test_bad_pushed_frames_are_rejected_with_causes_and_the_stream_goes_on(tiny)
         with pytest.raises(ValueError, match="not an open push stream"):
             runtime.push_frame("nope", frames[0], 0.0)
     rejected = [e.cause for e in events if e.kind is EventKind.REJECTED_FRAME]
-    assert len(rejected) == 5 and all(e.stream_id == "cam" for e in events)
+    assert len(rejected) == 5 and all(e.stream_id == "cam" for e in events if e.kind is not EventKind.TRACK_ENDED)
     for (_, cause), text in zip(bad, rejected):
         assert cause in text
     assert "does not follow" in rejected[3] and "takes no boxes" in rejected[4]
@@ -343,7 +346,9 @@ def test_host_boxes_are_tracked_cropped_and_evicted(tiny):
     assert per_track == {0: clip_count(30, 4, 2, 4), 1: clip_count(16, 4, 2, 4)}
     stats = runtime.stats()[stream]
     assert stats.tracks_evicted == 1 and stats.frames == 30
-    assert [e.kind for e in events] == [EventKind.REJECTED_FRAME]
+    assert [e.kind for e in events if e.kind is not EventKind.TRACK_ENDED] == [EventKind.REJECTED_FRAME]
+    ended = sorted(e.cause.split(";")[0] for e in events if e.kind is EventKind.TRACK_ENDED)
+    assert ended == ["track 0 ended", "track 1 ended"]  # 1 evicted while streaming, 0 at close
 
 
 def test_inference_failure_is_reported_per_stream_and_others_go_on(tmp_path):

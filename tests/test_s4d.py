@@ -270,3 +270,32 @@ def test_spec_options_and_signature(small):
     assert all(key in small["state_dict"] for key in s4d.SIGNATURE)
     official = {key for key, _, _ in official_keys()}
     assert isinstance(s4d.SIGNATURE, tuple) and set(s4d.SIGNATURE) <= official
+
+
+def test_packed_weights_are_kept_for_inference_and_repacked_when_weights_change(small):
+    model = small_model(small, router_mode="deploy")
+    block = next(b for b in model.blocks if b.moe_layer is not None)
+    x = small["input"]
+    with torch.no_grad():
+        first = model(x)
+        packed = block.packed_weights()
+        assert all(a is b for a, b in zip(packed, block.packed_weights()))  # no copy per forward
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        state[f"{_prefix(model, block)}moe_layer.experts.0.fc2.bias"] += 0.5
+        model.load_state_dict(state)  # copies in place: same storage, new version
+        repacked = block.packed_weights()
+        assert repacked[3] is not packed[3] and not torch.equal(repacked[3], packed[3])
+        changed = model(x)
+    fresh = small_model(small, router_mode="deploy")
+    fresh.load_state_dict(state)
+    with torch.no_grad():
+        assert_close(changed, fresh(x), atol=EXACT, name="after reload")
+        assert not torch.equal(changed, first)
+    # With gradients the packing stays in the graph: the expert weights get their gradients.
+    model(x).sum().backward()
+    assert block.moe_layer.experts[0].fc1.weight.grad is not None
+
+
+def _prefix(model, block) -> str:
+    index = next(i for i, b in enumerate(model.blocks) if b is block)
+    return f"blocks.{index}."

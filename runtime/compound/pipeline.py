@@ -69,13 +69,17 @@ class CompoundStage:
         self.decider = TemporalDecider(temporal)
 
     def update(self, track_id: Hashable, time_s: float, probs: Mapping[str, np.ndarray]) -> Decision:
+        return self.decider.update(track_id, time_s, self.scores(probs))
+
+    def scores(self, probs: Mapping[str, np.ndarray]) -> np.ndarray:
+        """One result's compound scores (7,), divided by their sum."""
         scores = self.fusion.compound(probs)
         if scores.ndim != 1:
-            raise ValueError(f"track {track_id!r}: one result at a time, got compound scores of shape {scores.shape}")
+            raise ValueError(f"one result at a time, got compound scores of shape {scores.shape}")
         total = scores.sum()
         if not total > 0:
-            raise ValueError(f"track {track_id!r}: compound scores sum to {total}; the model probabilities are not probabilities")
-        return self.decider.update(track_id, time_s, scores / total)
+            raise ValueError(f"compound scores sum to {total}; the model probabilities are not probabilities")
+        return scores / total
 
     def end_track(self, track_id: Hashable, time_s: float | None = None) -> tuple[Event, ...]:
         return self.decider.end_track(track_id, time_s)
