@@ -1,57 +1,60 @@
 """Checkpoint (or ONNX) → TensorRT engine → self-describing bundle (DESIGN §5–6).
 
     python -m export.trt model.pth [-o name.dfer] [--precision fp16|fp32|int8|fp8]
-        [--max-batch N] [--opt-batch N] [--builder tensorrt|tensorrt-rtx|auto]
-        [--target sm_86,...] [--no-custom-ops] [--no-plugins] [--no-verify]
+        [--calib VIDEO_DIR [--calib-clips N]] [--max-batch N] [--opt-batch N]
+        [--builder tensorrt|tensorrt-rtx|auto] [--target sm_86,...]
+        [--no-custom-ops] [--no-plugins] [--no-verify]
 
-Precision lives in the ONNX and every network is built STRONGLY_TYPED, the one form that
-TensorRT 10 (JetPack 6 ships 10.3), TensorRT 11 and TensorRT for RTX all build; nothing here
-uses an API that TensorRT 11 removed (weak typing, precision flags, INT8 calibrators).
-
-Two real NVIDIA builders share this code through their common API: ``tensorrt`` builds for the
-GPU it runs on (data centre, Jetson); ``tensorrt_rtx`` (pip tensorrt-rtx-cu13) builds ahead of
-time without any GPU, for RTX GPUs (sm_75 on request; sm_80, 86, 89, 120 by default).
-Without either, the ONNX part of the bundle is still written and the command exits with 3.
+Precision lives in the ONNX and every network is built STRONGLY_TYPED (export.builder): fp16
+and fp32 are exports at that precision; int8 and fp8 are the fp32 export calibrated on clips
+cut from the videos under --calib and quantised to a QDQ graph (calibration/), whose accuracy
+cost against fp32 on held-out clips goes into the manifest. A QDQ ONNX (from an earlier bundle)
+builds again without --calib. Without any TensorRT builder the ONNX part of the bundle is still
+written and the command exits with 3.
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import difflib
 import hashlib
-import importlib
 import json
 import re
-import resource
 import shutil
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from export import bundle as bundle_format
-
-BUILDER_MODULES = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
-INSTALL_HINT = (
-    "no TensorRT builder is installed: pip install tensorrt-cu12 or tensorrt-cu13 (data-centre GPUs), "
-    "JetPack 6's apt packages nvidia-tensorrt and python3-libnvinfer (Jetson), or tensorrt-rtx-cu13 (RTX GPUs)"
+from export.builder import (  # noqa: F401  (re-exported: the builder API as export.trt had it)
+    BUILDER_MODULES,
+    DEVICE_NAMES,
+    FP8_MIN_SM,
+    RTX_DEFAULT_TARGETS,
+    BuildError,
+    BuiltEngine,
+    NoBuilderError,
+    build_engine,
+    import_builder,
+    local_gpu_sm,
+    resolve_targets,
 )
-# TensorRT-RTX's default portable set (its docs): Ampere, Ada and Blackwell RTX GPUs.
-RTX_DEFAULT_TARGETS = ("sm_80", "sm_86", "sm_89", "sm_120")
-DEVICE_NAMES = {"sm_72": "Jetson Xavier", "sm_87": "Jetson Orin", "sm_90": "H100/H200", "sm_100": "B200"}
-FP8_MIN_SM = 89  # Ada, Hopper, Blackwell
+
 EXIT_BUILD_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_NO_BUILDER = 3
+DEFAULT_CALIB_CLIPS = 32
+# Files a build writes inside the bundle before model.onnx; deleted when the build fails.
+PARTIAL_ONNX, PARTIAL_FP32 = "model.partial.onnx", "model.fp32.partial.onnx"
 
 
 @dataclass(frozen=True)
 class Precision:
     """How a precision reaches the engine: the ONNX export that carries it, the GPUs that have it."""
 
-    onnx: str | None  # the export precision; None = a calibrated QDQ export (calibration/)
+    onnx: str  # the export precision; a quantised one is the fp32 export, calibrated to QDQ
+    quantized: bool = False
     min_sm: int = 0
     hardware: str = ""  # what GPUs below min_sm lack
 
@@ -59,17 +62,9 @@ class Precision:
 PRECISIONS = {
     "fp32": Precision("fp32"),
     "fp16": Precision("fp16"),
-    "int8": Precision(None),
-    "fp8": Precision(None, min_sm=FP8_MIN_SM, hardware="FP8 tensor cores"),
+    "int8": Precision("fp32", quantized=True),
+    "fp8": Precision("fp32", quantized=True, min_sm=FP8_MIN_SM, hardware="FP8 tensor cores"),
 }
-
-
-class NoBuilderError(RuntimeError):
-    """No TensorRT builder could be imported; the message says what to install."""
-
-
-class BuildError(RuntimeError):
-    """The builder refused the network; the message carries its first errors."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +80,8 @@ class BuildRequest:
     plugins: bool = True
     verify: bool = True
     timing_cache: Path | None = None  # set by the pipeline for the tensorrt builder
+    calib: Path | None = None  # folder of videos for int8/fp8
+    calib_clips: int = DEFAULT_CALIB_CLIPS
 
 
 def check_request(request: BuildRequest) -> BuildRequest:
@@ -115,299 +112,41 @@ def check_request(request: BuildRequest) -> BuildRequest:
                 f"{request.precision} needs compute capability ≥ {precision.min_sm // 10}.{precision.min_sm % 10}; "
                 f"{target}{device} has no {precision.hardware}: use fp16 or int8"
             )
-    if precision.onnx is None:
-        raise ValueError(
-            f"{request.precision} needs a calibrated QDQ export from real clips (calibration/), which is not "
-            f"available yet: use --precision fp16"
-        )
-    return replace(request, source=source)
+    _check_calibration(request, precision, source)
+    return replace(request, source=source, calib=Path(request.calib) if request.calib else None)
 
 
-# ----------------------------------------------------------------------------------------------
-# Builders and targets
-
-
-def import_builder(name: str):
-    """(module, builder name) for 'tensorrt', 'tensorrt-rtx' or 'auto'; NoBuilderError if absent.
-
-    auto takes TensorRT when a GPU is present (it builds for that GPU), else TensorRT-RTX.
-    """
-    order = [name] if name != "auto" else (["tensorrt", "tensorrt-rtx"] if local_gpu_sm() else ["tensorrt-rtx", "tensorrt"])
-    reasons = []
-    for candidate in order:
-        try:
-            trt = importlib.import_module(BUILDER_MODULES[candidate])
-        except (ImportError, OSError) as err:
-            reasons.append(f"{candidate}: {err}")
-            continue
-        if candidate == "tensorrt" and int(trt.__version__.split(".")[0]) < 10:
-            raise NoBuilderError(f"TensorRT {trt.__version__} is too old: strongly typed builds need TensorRT ≥ 10 (JetPack 6)")
-        return trt, candidate
-    raise NoBuilderError(INSTALL_HINT if name == "auto" else f"{name} is not importable ({reasons[0]}); {INSTALL_HINT}")
-
-
-def local_gpu_sm() -> str | None:
-    """Compute capability of CUDA device 0 as 'sm_XY', from the driver; None without a GPU."""
-    try:
-        cuda = ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return None
-    device, major, minor = ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
-    if cuda.cuInit(0) != 0 or cuda.cuDeviceGet(ctypes.byref(device), 0) != 0:
-        return None
-    cuda.cuDeviceGetAttribute(ctypes.byref(major), 75, device)  # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR
-    cuda.cuDeviceGetAttribute(ctypes.byref(minor), 76, device)  # ..._MINOR
-    return f"sm_{major.value}{minor.value}"
-
-
-def resolve_targets(trt, builder: str, requested: tuple[str, ...]) -> tuple[str, ...]:
-    """The GPUs the engine is built for, or ValueError saying which builder can build them."""
-    if builder == "tensorrt":
-        here = local_gpu_sm()
-        if here is None:
+def _check_calibration(request: BuildRequest, precision: Precision, source: Path) -> None:
+    """int8/fp8 from a checkpoint need --calib; --calib is for int8/fp8 only. (A QDQ ONNX input
+    is already calibrated: _load_source checks it.)"""
+    if request.calib is None:
+        if precision.quantized and source.suffix.lower() != ".onnx":
             raise ValueError(
-                "the tensorrt builder builds for the GPU it runs on and this machine has none: build on the "
-                "target device, or use --builder tensorrt-rtx for RTX GPUs"
+                f"--precision {request.precision} needs calibration clips: --calib VIDEO_DIR, a folder of videos "
+                f"like those the model will see (the runtime cuts them into clips; a quarter is held out for the accuracy report)"
             )
-        if requested and requested != (here,):
-            raise ValueError(f"the tensorrt builder builds for this machine's GPU ({here}), not {','.join(requested)}: run it on the target")
-        return (here,)
-    supported = sorted((f"sm_{n[2:]}" for n in trt.ComputeCapability.__members__ if re.fullmatch(r"SM\d+", n)), key=lambda s: int(s[3:]))
-    for target in requested:
-        if target not in supported:
-            device = f" ({DEVICE_NAMES[target]})" if target in DEVICE_NAMES else ""
-            raise ValueError(
-                f"TensorRT-RTX cannot build for {target}{device}; it targets {', '.join(supported)}. "
-                f"Build with --builder tensorrt on that GPU"
-            )
-    return requested or tuple(t for t in RTX_DEFAULT_TARGETS if t in supported)
+        return
+    if not precision.quantized:
+        raise ValueError(f"--calib applies to --precision int8 or fp8, not {request.precision or 'fp16'}")
+    if not Path(request.calib).is_dir():
+        raise ValueError(f"--calib {request.calib}: no such directory of videos")
+    if request.calib_clips < 1:
+        raise ValueError(f"--calib-clips must be ≥ 1, got {request.calib_clips}")
+
+
+def _targets_for_precision(targets: tuple[str, ...], requested: tuple[str, ...], precision: str) -> tuple[str, ...]:
+    """fp8 drops the default RTX targets without FP8 (sm_80, sm_86); a GPU without it is an error."""
+    need = PRECISIONS[precision].min_sm
+    if requested or not need:
+        return targets
+    kept = tuple(t for t in targets if int(t[3:]) >= need)
+    if not kept:
+        raise ValueError(f"{precision} needs compute capability ≥ {need // 10}.{need % 10}; this build targets {', '.join(targets)}")
+    return kept
 
 
 # ----------------------------------------------------------------------------------------------
-# One engine build
-
-_LOGGERS: dict = {}
-_LAYER_LINE = re.compile(
-    r"^Name: (?P<name>.*?), LayerType: (?P<type>[^,]*), Inputs: \[.*\], Constants: \[.*\], "
-    r"Outputs: \[(?P<outputs>.*)\], TacticName: (?P<tactic>[^,]*), StreamId: \d+, Metadata: (?P<meta>.*)$"
-)
-
-
-@dataclass
-class BuiltEngine:
-    data: object  # the serialized engine (IHostMemory, buffer protocol)
-    targets: tuple[str, ...]
-    parse_seconds: float
-    build_seconds: float
-    peak_rss_mib: float
-    rss_increase_mib: float
-    peak_rss_scope: str
-    layer_report: dict
-    plugins: dict
-    log: list = field(repr=False)
-
-
-def _logger(trt):
-    """One capturing logger per builder module: TensorRT keeps the first logger it is given."""
-    if trt.__name__ not in _LOGGERS:
-
-        class CapturingLogger(trt.ILogger):
-            def __init__(self):
-                trt.ILogger.__init__(self)
-                self.records = []
-
-            def log(self, severity, msg):
-                self.records.append((severity, msg))
-
-        _LOGGERS[trt.__name__] = CapturingLogger()
-    logger = _LOGGERS[trt.__name__]
-    logger.records = []
-    return logger
-
-
-def build_engine(trt, builder_name: str, onnx_path: Path, request: BuildRequest, targets, custom_ops, progress) -> BuiltEngine:
-    """Parse strongly typed, one batch profile (1, opt, max), build; measure time and memory."""
-    logger = _logger(trt)
-    plugin_notes = register_plugins(trt, custom_ops, request.plugins)
-    started = time.perf_counter()
-    builder = trt.Builder(logger)
-    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = [f"{e.desc()} (node {e.node_name() or e.node()}, {e.node_operator()})" for e in map(parser.get_error, range(parser.num_errors))]
-        raise BuildError(f"{builder_name} could not parse {onnx_path.name}: {'; '.join(errors[:3]) or _first_error(trt, logger)}")
-    parse_seconds = time.perf_counter() - started
-    network_report = network_summary(trt, network)
-    plugins = {op: "plugin" if note == "registered" and network_report["plugin_layers"] else "inlined" for op, note in plugin_notes.items()}
-    listed = ", ".join(f"{op} {mode}" for op, mode in plugins.items()) or "no dfer ops"
-    progress.done("parse", 0.0, f"{network_report['layers']} network layers, {listed}", parse_seconds)
-    config = _builder_config(trt, builder_name, builder, network, request, targets)
-    with PeakRss() as memory:
-        started = time.perf_counter()
-        data = builder.build_serialized_network(network, config)
-        build_seconds = time.perf_counter() - started
-    if data is None:
-        raise BuildError(f"{builder_name} failed to build {onnx_path.name}: {_first_error(trt, logger)}")
-    if request.timing_cache is not None:
-        request.timing_cache.write_bytes(bytes(memoryview(config.get_timing_cache().serialize())))
-    report = {"builder": f"{builder_name} {trt.__version__}", "network": network_report, "plugin_notes": plugin_notes}
-    report["engine"] = engine_layers(trt, data, logger)
-    return BuiltEngine(data, targets, parse_seconds, build_seconds, memory.peak_mib, memory.increase_mib, memory.scope, report, plugins, logger.records)
-
-
-def _builder_config(trt, builder_name: str, builder, network, request: BuildRequest, targets):
-    """DETAILED profiling (for the layer report), the batch profile, RTX targets, timing cache."""
-    config = builder.create_builder_config()
-    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
-    tensor = network.get_input(0)
-    rest = tuple(tensor.shape)[1:]
-    if tuple(tensor.shape)[0] != -1 or -1 in rest:
-        raise BuildError(f"input {tensor.name} has shape {tuple(tensor.shape)}; expected a dynamic batch and fixed T/H/W")
-    profile = builder.create_optimization_profile()
-    profile.set_shape(tensor.name, (1, *rest), (request.opt_batch, *rest), (request.max_batch, *rest))
-    config.add_optimization_profile(profile)
-    if builder_name == "tensorrt-rtx":
-        config.num_compute_capabilities = len(targets)
-        for i, target in enumerate(targets):
-            if not config.set_compute_capability(getattr(trt.ComputeCapability, f"SM{target[3:]}"), i):
-                raise BuildError(f"tensorrt-rtx refused target {target}")
-    if request.timing_cache is not None:  # TensorRT only: TensorRT-RTX made timing caches no-ops in 1.2
-        cache_bytes = request.timing_cache.read_bytes() if request.timing_cache.is_file() else b""
-        config.set_timing_cache(config.create_timing_cache(cache_bytes), False)
-    return config
-
-
-def register_plugins(trt, custom_ops: tuple[str, ...], enabled: bool) -> dict[str, str]:
-    """Hook point for kernels/' TensorRT plugins (DESIGN §5): one note per dfer op.
-
-    A kernel module that defines ``register_tensorrt_plugin(trt_module)`` is called here before
-    parsing, and the parser then turns the op's nodes into plugin layers. Every op without one
-    is inlined by the parser from its model-local ONNX function; the manifest says which.
-    """
-    from export.onnx import CUSTOM_OP_MODULES
-
-    notes = {}
-    for name in custom_ops:
-        op, module_name = f"dfer::{name}", CUSTOM_OP_MODULES.get(name, "?")
-        if not enabled:
-            notes[op] = "plugins disabled (--no-plugins)"
-            continue
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as err:
-            notes[op] = f"{module_name} not importable ({err})"
-            continue
-        if not hasattr(module, "register_tensorrt_plugin"):
-            notes[op] = f"{module_name} has no TensorRT plugin yet"
-            continue
-        module.register_tensorrt_plugin(trt)
-        notes[op] = "registered"
-    return notes
-
-
-def _first_error(trt, logger) -> str:
-    serious = (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR)
-    errors = [msg for severity, msg in logger.records if severity in serious]
-    return errors[0] if errors else "no error message from the builder"
-
-
-def network_summary(trt, network) -> dict:
-    """The parsed network before optimisation: layer types, output dtypes, plugin layers."""
-    layers = [network.get_layer(i) for i in range(network.num_layers)]
-    plugin_types = {getattr(trt.LayerType, n) for n in ("PLUGIN", "PLUGIN_V2", "PLUGIN_V3") if hasattr(trt.LayerType, n)}
-    return {
-        "layers": len(layers),
-        "by_type": dict(Counter(layer.type.name for layer in layers).most_common()),
-        "output_dtypes": dict(Counter(layer.get_output(0).dtype.name for layer in layers if layer.num_outputs).most_common()),
-        "plugin_layers": [layer.name for layer in layers if layer.type in plugin_types],
-    }
-
-
-def engine_layers(trt, data, logger) -> dict:
-    """The built engine's layers: from the engine inspector where the engine deserialises here,
-    else from the builder's DETAILED layer log (TensorRT-RTX on a machine without its GPU)."""
-    if local_gpu_sm() is not None:
-        engine = trt.Runtime(logger).deserialize_cuda_engine(data)
-        if engine is not None:
-            info = json.loads(engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON))
-            layers = [_inspector_layer(layer) for layer in info.get("Layers", [])]
-            return _layer_table("engine inspector (LayerInformationFormat.JSON)", layers)
-    blocks = [msg for _, msg in logger.records if msg.startswith("Layers:")]
-    if not blocks:
-        return _layer_table("none: the engine does not deserialise here and the builder logged no layers", [])
-    layers = []
-    for line in blocks[-1].splitlines():
-        match = _LAYER_LINE.match(line)
-        if match:
-            layers.append({
-                "name": match["name"],
-                "type": match["type"],
-                "tactic": match["tactic"],
-                "output_dtypes": re.findall(r"Datatype: (\w+)", match["outputs"]),
-                "onnx_nodes": re.findall(r"\[ONNX Layer: ([^\]]+)\]", match["meta"]),
-            })
-    return _layer_table("builder log (ProfilingVerbosity.DETAILED); the engine does not deserialise without its GPU", layers)
-
-
-def _inspector_layer(layer) -> dict:
-    if isinstance(layer, str):  # LAYER_NAMES_ONLY
-        return {"name": layer, "type": "?", "tactic": "", "output_dtypes": [], "onnx_nodes": []}
-    outputs = layer.get("Outputs", [])
-    return {
-        "name": layer.get("Name", ""),
-        "type": layer.get("LayerType", "?"),
-        "tactic": str(layer.get("TacticName", "")),
-        "output_dtypes": [str(o.get("Format/Datatype", "")) for o in outputs if isinstance(o, dict)],
-        "onnx_nodes": re.findall(r"\[ONNX Layer: ([^\]]+)\]", str(layer.get("Metadata", ""))),
-    }
-
-
-def _layer_table(source: str, layers: list[dict]) -> dict:
-    dtypes = Counter(d for layer in layers for d in layer["output_dtypes"])
-    return {
-        "source": source,
-        "count": len(layers),
-        "by_type": dict(Counter(layer["type"] for layer in layers).most_common()),
-        "output_dtypes": dict(dtypes.most_common()),
-        "layers": layers,
-    }
-
-
-class PeakRss:
-    """Peak resident memory of this process inside a block.
-
-    Linux resets the peak (VmHWM) when "5" is written to /proc/self/clear_refs, so the number
-    is the build's own; elsewhere only the process-lifetime peak is known, and scope says so.
-    """
-
-    def __enter__(self):
-        self.start_mib = _status_mib("VmRSS")
-        try:
-            Path("/proc/self/clear_refs").write_text("5")
-            self.scope = "build"
-        except OSError:
-            self.scope = "process"
-        return self
-
-    def __exit__(self, *exc):
-        peak = _status_mib("VmHWM") if self.scope == "build" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        self.peak_mib = round(peak, 1)
-        self.increase_mib = round(max(0.0, peak - self.start_mib), 1)
-        return False
-
-
-def _status_mib(key: str) -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-# ----------------------------------------------------------------------------------------------
-# The pipeline: load → export → parse → build → verify, one bundle
+# The pipeline: load → export [→ clips → quant → cost for int8/fp8] → parse → build → verify
 
 
 @dataclass
@@ -471,14 +210,18 @@ def write_onnx_part(request: BuildRequest, progress: Progress) -> OnnxPart:
     created = not output.exists()
     previous = _prepare_output(output)
     try:
-        _export_into(request, loaded, output, progress)
+        calibrated = _export_into(request, loaded, output, progress)
     except BaseException:  # leave no half-written file behind, and no empty directory we made
-        (output / "model.partial.onnx").unlink(missing_ok=True)
+        for name in (PARTIAL_ONNX, PARTIAL_FP32):
+            (output / name).unlink(missing_ok=True)
         if created and not any(output.iterdir()):
             output.rmdir()
         raise
     facts = onnx_facts(output / bundle_format.ONNX_NAME)
     manifest = bundle_format.onnx_manifest(facts, previous, output)
+    if calibrated is None and previous is not None and previous["onnx"]["sha256"] == facts["sha256"]:
+        calibrated = {key: previous.get(key) for key in ("calibration", "accuracy")}  # same QDQ file, same cost
+    manifest.update(calibrated or {})
     bundle_format.write_manifest(output, manifest)
     return OnnxPart(output, loaded, facts, manifest)
 
@@ -488,6 +231,7 @@ def add_engine(trt, builder_name: str, targets, part: OnnxPart, request: BuildRe
     if builder_name == "tensorrt":  # kept beside the bundle: it belongs to the build machine, not the device
         request = replace(request, timing_cache=part.output.parent / f"{part.output.name}.timing.cache")
     onnx_path = part.output / bundle_format.ONNX_NAME
+    targets = _targets_for_precision(targets, request.targets, part.facts["precision"])
     built = build_engine(trt, builder_name, onnx_path, request, targets, tuple(part.facts["custom_ops"]), progress)
     entry = _write_engine(trt, builder_name, built, part.facts, request, part.output)
     progress.done(
@@ -516,14 +260,13 @@ def _load_source(request: BuildRequest, progress: Progress):
     """The LoadedModel of a checkpoint, or None for an ONNX input (checked, not yet copied)."""
     started = time.perf_counter()
     if request.source.suffix.lower() == ".onnx":
-        from export.onnx import onnx_precision, read_metadata
+        from export.onnx import read_metadata
 
-        meta = read_metadata(request.source)
+        meta = read_metadata(request.source)  # the metadata alone: onnx_facts parses the file once, later
         if "dfer.spec" not in meta:
             raise ValueError(f"{request.source}: not exported by python -m export.onnx (no dfer metadata)")
-        precision = onnx_precision(request.source)
-        if request.precision not in (None, precision):
-            raise ValueError(f"{request.source} is an {precision} export; for {request.precision} export the checkpoint again")
+        precision = meta.get("dfer.precision", "fp32")
+        _check_onnx_precision(request, precision)
         if not request.custom_ops and json.loads(meta["dfer.custom_ops"]):
             raise ValueError(f"{request.source} contains dfer ops; --no-custom-ops applies to checkpoints only")
         progress.done("load", started, f"{meta['dfer.family']} {precision} ONNX from {request.source}")
@@ -538,31 +281,126 @@ def _load_source(request: BuildRequest, progress: Progress):
     return loaded
 
 
-def _export_into(request: BuildRequest, loaded, output: Path, progress: Progress) -> None:
-    """Write the bundle's model.onnx: export the checkpoint, or copy the ONNX input."""
+def _check_onnx_precision(request: BuildRequest, precision: str) -> None:
+    """An ONNX input builds at its own precision; an fp32 one may be calibrated to int8/fp8."""
+    wanted = request.precision or precision
+    if wanted == precision:
+        if request.calib is not None:
+            raise ValueError(f"{request.source} is already a calibrated {precision} QDQ export; drop --calib")
+        return
+    if precision == "fp32" and PRECISIONS[wanted].quantized:
+        if request.calib is None:
+            raise ValueError(f"--precision {wanted} of the fp32 ONNX {request.source} needs calibration clips: --calib VIDEO_DIR")
+        return
+    raise ValueError(f"{request.source} is an {precision} export; for {wanted} export the checkpoint again")
+
+
+def _export_into(request: BuildRequest, loaded, output: Path, progress: Progress) -> dict | None:
+    """Write the bundle's model.onnx: export the checkpoint (calibrated to QDQ for int8/fp8),
+    or copy the ONNX input (calibrating an fp32 one when asked). Returns the manifest's
+    calibration and accuracy entries of a new calibration, else None."""
     target = output / bundle_format.ONNX_NAME
-    if loaded is None:
+    if loaded is None and request.calib is None:
         started = time.perf_counter()
         if request.source.resolve() != target.resolve():
             shutil.copyfile(request.source, target)
         progress.done("export", started, f"{target} (copied; ONNX input, no PyTorch reference)")
-        return
+        return None
+    precision = request.precision or "fp16"
+    fp32 = _fp32_onnx(request, loaded, output, progress) if PRECISIONS[precision].quantized else None
+    if fp32 is None:
+        _export(request, loaded, output / PARTIAL_ONNX, precision, progress)
+        (output / PARTIAL_ONNX).replace(target)
+        return None
+    try:
+        spec = _spec_of(loaded, fp32)
+        calibrated = _calibrate(request, fp32, output / PARTIAL_ONNX, spec, precision, progress)
+    finally:
+        if fp32 != request.source:
+            fp32.unlink(missing_ok=True)
+    (output / PARTIAL_ONNX).replace(target)
+    return calibrated
+
+
+def _export(request: BuildRequest, loaded, path: Path, precision: str, progress: Progress) -> None:
     from export.onnx import export_onnx
 
-    partial = output / "model.partial.onnx"
-    precision = request.precision or "fp16"
-    result = export_onnx(loaded, partial, custom_ops=request.custom_ops, precision=PRECISIONS[precision].onnx)
-    partial.replace(target)
+    result = export_onnx(loaded, path, custom_ops=request.custom_ops, precision=PRECISIONS[precision].onnx)
     custom = ", ".join(f"dfer::{op}" for op in result.custom_ops) or "none"
     progress.done(
         "export", 0.0,
-        f"{target} ({precision}, {result.size_bytes / 2**20:.1f} MiB, {sum(result.op_counts.values())} nodes, custom ops: {custom})",
+        f"{path.parent / bundle_format.ONNX_NAME} ({PRECISIONS[precision].onnx}, {result.size_bytes / 2**20:.1f} MiB, "
+        f"{sum(result.op_counts.values())} nodes, custom ops: {custom})",
         result.seconds,
     )
 
 
+def _fp32_onnx(request: BuildRequest, loaded, output: Path, progress: Progress) -> Path:
+    """The fp32 ONNX to calibrate: the ONNX input itself, or a fresh export of the checkpoint."""
+    if loaded is None:
+        return request.source
+    _export(request, loaded, output / PARTIAL_FP32, "fp32", progress)
+    return output / PARTIAL_FP32
+
+
+def _spec_of(loaded, fp32: Path):
+    from export.onnx import read_metadata
+    from models.spec import ModelSpec
+
+    return loaded.spec if loaded is not None else ModelSpec.from_dict(json.loads(read_metadata(fp32)["dfer.spec"]))
+
+
+def _calibrate(request: BuildRequest, fp32: Path, output: Path, spec, precision: str, progress: Progress) -> dict:
+    """Clips from --calib → QDQ ONNX at output → accuracy cost on the held-out clips."""
+    from calibration import accuracy_cost, calibration_clips, quantize
+
+    started = time.perf_counter()
+    sets = calibration_clips(request.calib, spec, request.calib_clips)
+    calib, held = sets.calibration, sets.held_out
+    short = f"; {len(sets.videos_without_clips)} videos shorter than one clip" if sets.videos_without_clips else ""
+    progress.done(
+        "clips", started,
+        f"{len(calib)} calibration clips from {_count(len(calib.videos), 'video')}, {len(held)} held-out clips from "
+        f"{_count(len(held.videos), 'other video')}, cut as the runtime cuts them{short}",
+    )
+    result = quantize(fp32, output, calib.clips, precision)
+    progress.done(
+        "quant", 0.0,
+        f"{precision} QDQ ({len(calib)} clips): {result.quantized_nodes} MatMul/Conv/Gemm layers with per-channel weights, "
+        f"{result.activations} activation Q/DQ pairs; LayerNorm, Softmax, attention and dfer ops stay fp32",
+        result.seconds,
+    )
+    started = time.perf_counter()
+    cost = accuracy_cost(fp32, output, held.clips, spec.labels)
+    progress.done(
+        "cost", started,
+        f"{precision} QDQ vs fp32 in ONNX Runtime, {cost['clips']} held-out clips: top-1 agreement {cost['top1_agree']:.0%}, "
+        f"max |Δprob| {cost['max_prob_diff']:.1e}, mean KL {cost['mean_kl']:.1e}",
+    )
+    from calibration import SCHEMES
+
+    calibration = {
+        "precision": precision,
+        "method": f"onnxruntime.quantization {SCHEMES[precision].method}: {SCHEMES[precision].description}",
+        "clips": len(calib),
+        "videos": [str(v) for v in calib.videos],
+        "held_out_clips": len(held),
+        "held_out_videos": [str(v) for v in held.videos],
+        "quantized_layers": result.quantized_nodes,
+        "activation_qdq": result.activations,
+        "seconds": round(result.seconds, 1),
+    }
+    return {"calibration": calibration, "accuracy": cost}
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def onnx_facts(path: Path) -> dict:
-    """What the manifest says about an exported ONNX file: metadata, opset, tensors, sha256."""
+    """What the manifest says about an exported ONNX file: metadata, opset, tensors, sha256.
+
+    The one full parse of the file in a build (the input's metadata is read without it)."""
     import onnx
 
     from models import sha256_of
@@ -577,13 +415,16 @@ def onnx_facts(path: Path) -> dict:
         return {"name": value.name, "dtype": dtypes.get(kind.elem_type, str(kind.elem_type)), "shape": shape}
 
     clip = tensor(proto.graph.input[0])
+    precision = meta.get("dfer.precision", "fp16" if clip["dtype"] == "float16" else "fp32")
+    if clip["dtype"] != ("float16" if precision == "fp16" else "float32"):
+        raise ValueError(f"{path}: input {clip['name']!r} is {clip['dtype']}, but the file says it is a {precision} export")
     return {
         "meta": meta,
         "opset": next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
         "input": clip,
         "outputs": [tensor(o) for o in proto.graph.output],
         "custom_ops": json.loads(meta.get("dfer.custom_ops", "[]")),
-        "precision": "fp16" if clip["dtype"] == "float16" else "fp32",
+        "precision": precision,
         "sha256": sha256_of(path),
         "size_bytes": path.stat().st_size,
     }
@@ -655,27 +496,57 @@ def _verify(part: OnnxPart, progress: Progress, engine: dict | None) -> dict:
         logits = onnx_session(path).run([OUTPUT_NAME], {INPUT_NAME: clips})[0]
         result = {"reference": None, "clips": 2, "finite": bool(np.isfinite(logits).all())}
         text = f"ONNX Runtime {precision} ran 2 generated clips (finite: {result['finite']}); no PyTorch reference for an ONNX input"
-    result["engine"] = _engine_note(engine)
+    result["engine"], result["engine_vs_onnxruntime"] = _run_engine(part, engine)
     progress.done("verify", started, f"{text}; {result['engine']}")
     return result
 
 
-def _engine_note(engine: dict | None) -> str:
+def _run_engine(part: OnnxPart, engine: dict | None, batch: int = 4) -> tuple[str, dict | None]:
+    """Run the new engine through the runtime's TensorRT backend on generated clips, against
+    ONNX Runtime on the same clips; where it cannot run here, say why (a note, not a failure)."""
     if engine is None:
-        return "no engine built"
-    here = local_gpu_sm()
-    if here is None:
-        return "engine built but not executed: no CUDA GPU on this machine"
-    if here not in engine["gpu_sm"]:
-        return f"engine built but not executed: it targets {','.join(engine['gpu_sm'])}, this GPU is {here}"
-    return "engine built but not executed: engines run in the runtime's TensorRT backend, not in this command"
+        return "no engine built", None
+    import numpy as np
+
+    from export.onnx import INPUT_NAME, OUTPUT_NAME, generated_clips, onnx_session
+    from runtime.backends import BackendUnavailable
+    from runtime.model import load_model_source
+    from runtime.trt_backend import TensorRtBackend
+
+    source = load_model_source(part.output)
+    try:
+        backend = TensorRtBackend(source)
+    except BackendUnavailable as why:
+        return f"engine built but not executed: {why}", None
+    try:
+        if backend.engine_info.path.name != engine["file"]:
+            return f"engine built but not executed: this GPU ({backend.sm}) takes {backend.engine_info.path.name} from the bundle", None
+        clips = generated_clips(source.spec, batch).astype(backend.input_dtype)
+        ours = backend.run(clips).astype(np.float64)
+    finally:
+        backend.close()
+    reference = onnx_session(part.output / bundle_format.ONNX_NAME).run([OUTPUT_NAME], {INPUT_NAME: clips})[0].astype(np.float64)
+    p, q = _softmax(ours), _softmax(reference)
+    report = {"clips": batch, "top1_agree": float((p.argmax(1) == q.argmax(1)).mean()), "max_prob_diff": float(np.abs(p - q).max())}
+    return (f"engine ran on {backend.sm}: top-1 agreement with ONNX Runtime {report['top1_agree']:.0%}, "
+            f"max |Δprob| {report['max_prob_diff']:.1e} ({batch} generated clips)"), report
+
+
+def _softmax(logits):
+    import numpy as np
+
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m export.trt", description="Build a dfer bundle: ONNX + TensorRT engine + manifest.")
     parser.add_argument("source", help="checkpoint (.pth/.ckpt) or an ONNX file written by python -m export.onnx")
     parser.add_argument("-o", "--output", help="bundle directory (default: beside the source, suffix .dfer)")
-    parser.add_argument("--precision", help="fp16 (default for checkpoints), fp32, int8, fp8")
+    parser.add_argument("--precision", help="fp16 (default for checkpoints), fp32, int8, fp8 (int8/fp8 need --calib)")
+    parser.add_argument("--calib", help="int8/fp8: folder of videos to calibrate on (a quarter held out for the accuracy cost)")
+    parser.add_argument("--calib-clips", type=int, default=DEFAULT_CALIB_CLIPS,
+                        help=f"int8/fp8: most clips to calibrate on, and to measure the cost on (default {DEFAULT_CALIB_CLIPS})")
     parser.add_argument("--max-batch", type=int, default=16, help="largest batch the engine accepts (default 16)")
     parser.add_argument("--opt-batch", type=int, help="batch TensorRT tunes for (default min(4, max batch))")
     parser.add_argument("--builder", default="auto", help="tensorrt, tensorrt-rtx or auto (default)")
@@ -695,6 +566,8 @@ def main(argv: list[str] | None = None) -> int:
         custom_ops=not args.no_custom_ops,
         plugins=not args.no_plugins,
         verify=not args.no_verify,
+        calib=Path(args.calib) if args.calib else None,
+        calib_clips=args.calib_clips,
     )
     try:
         build_bundle(request)

@@ -143,6 +143,8 @@ def test_fp16_onnx_agrees_with_fp32_pytorch(full_bundle):
     assert result["max_abs_logit_diff"] <= FP16_LOGIT_ATOL and result["max_prob_diff"] <= FP16_PROB_ATOL
     assert result["max_abs_logit_diff"] > 0  # it really ran in fp16
     assert "engine built but not executed" in result["engine"] and "engine built but not executed" in log
+    if local_gpu_sm() is None:  # the runtime's TensorRT backend says why it cannot run the engine here
+        assert "no NVIDIA driver" in result["engine"] and result["engine_vs_onnxruntime"] is None
 
 
 def test_fp16_export_of_a_small_model(small_checkpoint, tmp_path):
@@ -295,7 +297,7 @@ BAD_INPUT = {
     "opt above max": (None, ["--max-batch", "4", "--opt-batch", "8"], ["--opt-batch must be between 1 and --max-batch (4)"]),
     "unknown precision": (None, ["--precision", "f16"], ["unknown precision 'f16'", "did you mean fp16"]),
     "fp8 on Orin": (None, ["--precision", "fp8", "--target", "sm_87"], ["sm_87 (Jetson Orin) has no FP8"]),
-    "int8 needs calibration": (None, ["--precision", "int8"], ["calibrated QDQ export", "not available yet"]),
+    "int8 needs calibration": (None, ["--precision", "int8"], ["--precision int8 needs calibration clips: --calib VIDEO_DIR"]),
     "bad target": (None, ["--target", "87"], ["bad --target '87'"]),
     "unknown builder": (None, ["--builder", "tensorrt-llm"], ["unknown builder 'tensorrt-llm'"]),
     "foreign onnx": (_plain_onnx, [], ["not exported by python -m export.onnx"]),
