@@ -8,9 +8,7 @@ they run on and compare it with ONNX Runtime; they skip, with the reason, where 
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import sys
 
 import numpy as np
@@ -23,7 +21,8 @@ from runtime.demo_videos import write_face_video
 from runtime.model import load_model_source
 from runtime.synthetic import synthetic_face_frames
 from runtime.trt_backend import choose_engine
-from tests.test_loader import ROOT, SMALL_S4D, assert_one_line_error, run_cli
+from tests.hiding import run_hiding
+from tests.test_loader import SMALL_S4D, assert_one_line_error, run_cli
 
 try:
     import tensorrt_rtx  # noqa: F401
@@ -51,23 +50,6 @@ def rtx_bundle(checkpoint, tmp_path_factory):
     output = tmp_path_factory.mktemp("rtx") / "small.dfer"
     build_bundle(BuildRequest(checkpoint, output, "fp16", 4, 2, "tensorrt-rtx", verify=False), out=lambda line: None)
     return output
-
-
-def run_hiding(modules: tuple[str, ...], code: str) -> subprocess.CompletedProcess:
-    """Python code in a fresh interpreter where these packages cannot be imported, as on a
-    machine without them (the import system's path finder is told not to find them)."""
-    script = (
-        "import importlib.machinery, sys\n"
-        "class Hidden(importlib.machinery.PathFinder):\n"
-        "    @classmethod\n"
-        "    def find_spec(cls, name, path=None, target=None):\n"
-        f"        if name.partition('.')[0] in {modules!r}:\n"
-        "            return None\n"
-        "        return super().find_spec(name, path, target)\n"
-        "sys.meta_path = [Hidden if f is importlib.machinery.PathFinder else f for f in sys.meta_path]\n"
-    ) + code
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
 
 
 def clips(spec, count: int, dtype) -> np.ndarray:

@@ -5,7 +5,6 @@ PyAV; and the 'detect' face mode through the real Runtime on a video made from t
 from __future__ import annotations
 
 import importlib.util
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ from runtime.detector import MODELS, FaceDetector, anchor_centres, weighted_nms
 from runtime.faces import DetectedFaces, IouTracker, Resizer, iou
 from runtime.sources import DecodedFrame
 from runtime.streams import StreamOptions
+from tests.hiding import run_hiding
 from tests.test_runtime_units import TINY, write_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -204,23 +204,14 @@ def test_a_video_of_the_photo_is_one_track_through_the_runtime(photo, tmp_path):
     ("ai_edge_litert", "the built-in face detector runs on LiteRT: pip install ai-edge-litert"),
 ])
 def test_a_missing_detector_package_is_named_and_the_runtime_still_imports(hidden, message):
-    script = (
-        "import importlib.machinery, sys\n"
-        "class Hidden(importlib.machinery.PathFinder):\n"
-        "    @classmethod\n"
-        "    def find_spec(cls, name, path=None, target=None):\n"
-        f"        if name.partition('.')[0] == {hidden!r}:\n"
-        "            return None\n"
-        "        return super().find_spec(name, path, target)\n"
-        "sys.meta_path = [Hidden if f is importlib.machinery.PathFinder else f for f in sys.meta_path]\n"
+    code = (
         "from runtime.api import Runtime\n"
         "from runtime.streams import StreamOptions\n"
         "StreamOptions(faces='detect')\n"
         "from runtime.detector import FaceDetector\n"
         "FaceDetector()\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    proc = run_hiding((hidden,), code)
     last = proc.stderr.strip().splitlines()[-1]
     assert proc.returncode == 1 and last.startswith("ModuleNotFoundError: ") and message in last, proc.stderr
 

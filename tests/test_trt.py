@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
-import sys
 from collections import Counter
 
 import numpy as np
@@ -24,7 +22,8 @@ from export.bundle import Bundle
 from export.onnx import export_onnx, onnx_session, verify
 from export.trt import RTX_DEFAULT_TARGETS, BuildRequest, build_bundle, local_gpu_sm
 from models.demo_checkpoint import write_demo_checkpoint
-from tests.test_loader import ROOT, SMALL_S4D, assert_one_line_error, run_cli
+from tests.hiding import run_hiding
+from tests.test_loader import SMALL_S4D, assert_one_line_error, run_cli
 
 try:
     import tensorrt_rtx  # noqa: F401
@@ -161,24 +160,14 @@ def test_fp16_export_of_a_small_model(small_checkpoint, tmp_path):
 
 
 def run_cli_hiding(modules: tuple[str, ...], *args: str) -> subprocess.CompletedProcess:
-    """python -m export.trt in a fresh interpreter where these packages cannot be imported, as on
-    a machine without them: the import system's path finder is told not to find them."""
-    script = (
-        "import importlib.machinery, sys\n"
-        "class Hidden(importlib.machinery.PathFinder):\n"
-        "    @classmethod\n"
-        "    def find_spec(cls, name, path=None, target=None):\n"
-        f"        if name.partition('.')[0] in {modules!r}:\n"
-        "            return None\n"
-        "        return super().find_spec(name, path, target)\n"
-        "sys.meta_path = [Hidden if f is importlib.machinery.PathFinder else f for f in sys.meta_path]\n"
+    """python -m export.trt with these packages hidden; prints which of them got loaded anyway."""
+    code = (
         "from export.trt import main\n"
         "code = main(sys.argv[1:])\n"
         f"print('loaded:', sorted(m for m in {modules!r} if m in sys.modules))\n"
         "sys.exit(code)\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-c", script, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    return run_hiding(modules, code, *args, timeout=600)
 
 
 @pytest.fixture(scope="module")
