@@ -35,8 +35,8 @@ def accuracy_cost(reference_path, quantized_path, clips: np.ndarray, labels: tup
 
 def _probabilities(session, clips: np.ndarray, batch: int) -> np.ndarray:
     """Softmax in float64 of the session's logits, so log() of small probabilities stays finite."""
+    from export.onnx import softmax
+
     name = session.get_inputs()[0].name
     logits = np.concatenate([session.run(None, {name: clips[i : i + batch].astype(np.float32)})[0] for i in range(0, len(clips), batch)])
-    logits = logits.astype(np.float64)
-    e = np.exp(logits - logits.max(1, keepdims=True))
-    return e / e.sum(1, keepdims=True)
+    return softmax(logits.astype(np.float64))

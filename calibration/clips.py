@@ -101,11 +101,11 @@ def calibration_clips(folder: str | Path, spec: ModelSpec, limit: int, held_out_
         )
     held = max(1, len(videos) // 4)
     held_out_limit = held_out_limit or limit
-    picked = _spread(videos[:-held], limit) + _spread(videos[-held:], held_out_limit)
-    cut = {video: cut_clips(video, spec, limit=limit) for video in picked}
+    for_calibration, for_held_out = _spread(videos[:-held], limit), _spread(videos[-held:], held_out_limit)
+    cut = {video: cut_clips(video, spec, limit=limit) for video in for_calibration + for_held_out}
     empty = tuple(video for video, clips in cut.items() if not clips)
-    calibration = _take(cut, _spread(videos[:-held], limit), limit)
-    held_out = _take(cut, _spread(videos[-held:], held_out_limit), held_out_limit)
+    calibration = _take(cut, for_calibration, limit)
+    held_out = _take(cut, for_held_out, held_out_limit)
     for name, part in (("calibration", calibration), ("held-out", held_out)):
         if not len(part):
             needed = spec.frames * spec.frame_stride

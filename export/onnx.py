@@ -204,16 +204,17 @@ def verify(loaded, path: str | Path, batch: int = 2) -> dict:
     fp16_input = session.get_inputs()[0].type == "tensor(float16)"
     feed = clips.astype(np.float16 if fp16_input else np.float32)
     actual = session.run([OUTPUT_NAME], {INPUT_NAME: feed})[0].astype(np.float32)
-    probabilities = _softmax(actual)
+    probabilities = softmax(actual)
     return {
         "max_abs_diff": float(np.abs(actual - expected).max()),
-        "max_prob_diff": float(np.abs(probabilities - _softmax(expected)).max()),
+        "max_prob_diff": float(np.abs(probabilities - softmax(expected)).max()),
         "top1_agree": float((actual.argmax(1) == expected.argmax(1)).mean()),
         "probabilities": probabilities,
     }
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of (N, classes) logits, max subtracted first."""
     e = np.exp(logits - logits.max(-1, keepdims=True))
     return e / e.sum(-1, keepdims=True)
 

@@ -508,7 +508,7 @@ def _run_engine(part: OnnxPart, engine: dict | None, batch: int = 4) -> tuple[st
         return "no engine built", None
     import numpy as np
 
-    from export.onnx import INPUT_NAME, OUTPUT_NAME, generated_clips, onnx_session
+    from export.onnx import INPUT_NAME, OUTPUT_NAME, generated_clips, onnx_session, softmax
     from runtime.backends import BackendUnavailable
     from runtime.model import load_model_source
     from runtime.trt_backend import TensorRtBackend
@@ -526,17 +526,10 @@ def _run_engine(part: OnnxPart, engine: dict | None, batch: int = 4) -> tuple[st
     finally:
         backend.close()
     reference = onnx_session(part.output / bundle_format.ONNX_NAME).run([OUTPUT_NAME], {INPUT_NAME: clips})[0].astype(np.float64)
-    p, q = _softmax(ours), _softmax(reference)
+    p, q = softmax(ours), softmax(reference)
     report = {"clips": batch, "top1_agree": float((p.argmax(1) == q.argmax(1)).mean()), "max_prob_diff": float(np.abs(p - q).max())}
     return (f"engine ran on {backend.sm}: top-1 agreement with ONNX Runtime {report['top1_agree']:.0%}, "
             f"max |Δprob| {report['max_prob_diff']:.1e} ({batch} generated clips)"), report
-
-
-def _softmax(logits):
-    import numpy as np
-
-    e = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def main(argv: list[str] | None = None) -> int:

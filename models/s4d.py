@@ -289,13 +289,15 @@ class Block(nn.Module):
         storage or a bumped version counter). Training (grad needed), ONNX export and
         torch.compile tracing pack on every call, inside the graph."""
         moe = self.moe_layer
-        linears = [self.mlp.fc1, self.mlp.fc2, *(l for e in moe.experts for l in (e.fc1, e.fc2)), moe.router.topkroute_linear]
-        if (torch.is_grad_enabled() and linears[0].weight.requires_grad) or emit_custom_op() or torch.compiler.is_compiling():
+        experts = [(e.fc1, e.fc2) for e in moe.experts]
+        router = moe.router.topkroute_linear
+        if (torch.is_grad_enabled() and self.mlp.fc1.weight.requires_grad) or emit_custom_op() or torch.compiler.is_compiling():
             self._packed = None
-            return pack_gated_expert_weights(linears[0], linears[1], [(e.fc1, e.fc2) for e in moe.experts], linears[-1])
+            return pack_gated_expert_weights(self.mlp.fc1, self.mlp.fc2, experts, router)
+        linears = [self.mlp.fc1, self.mlp.fc2, *(layer for pair in experts for layer in pair), router]
         key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for layer in linears for p in (layer.weight, layer.bias))
         if getattr(self, "_packed", None) is None or self._packed[0] != key:
-            packed = pack_gated_expert_weights(linears[0], linears[1], [(e.fc1, e.fc2) for e in moe.experts], linears[-1])
+            packed = pack_gated_expert_weights(self.mlp.fc1, self.mlp.fc2, experts, router)
             self._packed = (key, tuple(t.detach() for t in packed))
         return self._packed[1]
 

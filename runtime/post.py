@@ -87,7 +87,6 @@ class PostProcessor:
                 fusion = MHPF.load(compound.weights) if compound.weights is not None else MHPF.uniform(tuple(model_labels))
             stage = CompoundFusion(model_labels, fusion, ignore=compound.ignore)
             self.compound = CompoundStage(stage, TemporalOptions(labels=COMPOUND_CLASSES, **temporal))
-        self._last_time: dict[Hashable, float] = {}
         self._lock = threading.Lock()
 
     def decide(self, key: Hashable, time_s: float, probs: np.ndarray,
@@ -95,19 +94,15 @@ class PostProcessor:
         """The track's decision after this result, its compound verdict (if enabled), and the
         offsets of a state that restarted because stream time went backwards."""
         with self._lock:
-            restarted: tuple[Event, ...] = ()
-            last = self._last_time.get(key)
-            if last is not None and time_s <= last:
-                restarted = self._end(key, last)
-            self._last_time[key] = time_s
+            last = self.decider.last_time(key)
+            restarted = self._end(key) if last is not None and time_s <= last else ()
             decision = self.decider.update(key, time_s, probs)
             return decision, self._compound(key, time_s, probs, static_probs), restarted
 
     def end_track(self, key: Hashable) -> tuple[Event, ...]:
         """Close a track whose results are all out: offsets of the labels it held."""
         with self._lock:
-            last = self._last_time.get(key)
-            return () if last is None else self._end(key, last)
+            return () if self.decider.last_time(key) is None else self._end(key)
 
     def _compound(self, key, time_s: float, probs: np.ndarray, static_probs: np.ndarray | None) -> CompoundResult | None:
         if self.compound is None:
@@ -120,9 +115,9 @@ class PostProcessor:
             None if static_probs is None else tuple(float(p) for p in static_probs), decision.events,
         )
 
-    def _end(self, key, last: float) -> tuple[Event, ...]:
-        del self._last_time[key]
-        events = self.decider.end_track(key, last)
+    def _end(self, key) -> tuple[Event, ...]:
+        """Offsets at the track's latest result time (the decider's own default)."""
+        events = self.decider.end_track(key)
         if self.compound is not None:
-            events += self.compound.end_track(key, last)
+            events += self.compound.end_track(key)
         return events

@@ -96,6 +96,11 @@ class TemporalDecider:
     def tracks(self) -> tuple[Hashable, ...]:
         return tuple(self._tracks)
 
+    def last_time(self, track_id: Hashable) -> float | None:
+        """Stream time of the track's latest result; None for a track that is not active."""
+        track = self._tracks.get(track_id)
+        return None if track is None else track.time_s
+
     def update(self, track_id: Hashable, time_s: float, scores: Sequence[float] | np.ndarray) -> Decision:
         scores = self._check_scores(track_id, scores)
         if not math.isfinite(time_s):
