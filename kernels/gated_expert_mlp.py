@@ -209,15 +209,21 @@ def _launch(kernel, rows: int, cols: int, meta: dict, *args) -> None:
 
 
 @jit
-def _tile_position(rows, cols, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
-    """(row tile, column tile) of this program, GROUP_M row tiles at a time for L2 reuse."""
+def _tile(rows, cols, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """This program's output tile: row and column indices and their in-bounds masks. Tiles are
+    walked GROUP_M row tiles at a time for L2 reuse; row indices are int64 (rows · width can
+    pass 2^31)."""
     pid = tl.program_id(0)
     tiles_m = tl.cdiv(rows, BLOCK_M)
     tiles_n = tl.cdiv(cols, BLOCK_N)
     per_group = GROUP_M * tiles_n
     first_m = (pid // per_group) * GROUP_M
     group_m = tl.minimum(tiles_m - first_m, GROUP_M)
-    return first_m + (pid % per_group) % group_m, (pid % per_group) // group_m
+    pid_m = first_m + (pid % per_group) % group_m
+    pid_n = (pid % per_group) // group_m
+    rm = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    return rm, rn, rm < rows, rn < cols
 
 
 @jit
@@ -227,11 +233,7 @@ def _gemm1_kernel(
     DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     """hidden = gelu(h · W1[:, :hidden_width] + b); logits = h · W1[:, hidden_width:] + b in fp32."""
-    pid_m, pid_n = _tile_position(rows, width, BLOCK_M, BLOCK_N, GROUP_M)
-    rm = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_ok = rm < rows
-    n_ok = rn < width
+    rm, rn, m_ok, n_ok = _tile(rows, width, BLOCK_M, BLOCK_N, GROUP_M)
     acc = _segment(h_ptr + rm[:, None] * dim, w_ptr, rn, m_ok, n_ok, 0, dim, stride_wk, stride_wn,
                    BLOCK_M, BLOCK_N, BLOCK_K, DOT_PRECISION)  # fmt: skip
     acc += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
@@ -252,11 +254,7 @@ def _gemm2_kernel(
     DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     """out = x + hidden[:, :H] · W2[:H] + b2[0] + Σ_e g_e · (hidden_e · W2_e + b2[1 + e])."""
-    pid_m, pid_n = _tile_position(rows, dim, BLOCK_M, BLOCK_N, GROUP_M)
-    rm = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_ok = rm < rows
-    n_ok = rn < dim
+    rm, rn, m_ok, n_ok = _tile(rows, dim, BLOCK_M, BLOCK_N, GROUP_M)
     experts = tl.arange(0, EXPERTS_P)
     gates = _row_gates(logits_ptr, gates_ptr, rm, m_ok, experts, num_experts, TOP_K, FIXED_GATES, BLOCK_M)
     rows_at = hidden_ptr + rm[:, None] * hidden_width
