@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.spec import ModelSpec
+from runtime.spec import ModelSpec
 from runtime.records import EventKind
 from runtime.sources import SourceOptions, VideoSource
 from runtime.streams import StreamOptions, StreamPipeline

@@ -7,7 +7,7 @@
       model.<builder>.<gpu sm>.<precision>.layers.json    its layer report (network and engine)
       model.<builder>.<gpu sm>.<precision>.build.log      the builder's log (INFO and above)
 
-The runtime imports this module, so it must never import torch: numpy, json and models.spec only.
+The runtime imports this module, so it must never import torch: numpy, json and runtime.spec only.
 A manifest carries ``format_version``; a reader refuses versions it does not know and names the
 first missing or mistyped field, so a half-written or foreign bundle fails loudly at open time.
 """
@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.spec import ModelSpec
+from runtime.spec import ModelSpec
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"

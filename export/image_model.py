@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from models.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
+from runtime.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
 
 
 def image_spec(labels, height: int, width: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, scale: float = 1 / 255,

@@ -345,7 +345,7 @@ def _fp32_onnx(request: BuildRequest, loaded, output: Path, progress: Progress) 
 
 def _spec_of(loaded, fp32: Path):
     from export.onnx import read_metadata
-    from models.spec import ModelSpec
+    from runtime.spec import ModelSpec
 
     return loaded.spec if loaded is not None else ModelSpec.from_dict(json.loads(read_metadata(fp32)["dfer.spec"]))
 
@@ -472,7 +472,7 @@ def _verify(part: OnnxPart, progress: Progress, engine: dict | None) -> dict:
     import numpy as np
 
     from export.onnx import INPUT_NAME, OUTPUT_NAME, generated_clips, onnx_session, verify
-    from models.spec import ModelSpec
+    from runtime.spec import ModelSpec
 
     started = time.perf_counter()
     path, facts = part.output / bundle_format.ONNX_NAME, part.facts

@@ -5,7 +5,7 @@ Each family lives in its own module (models/ifdd.py, models/s4d.py) and exposes:
 returning an eval model with ``.spec`` (ModelSpec) and ``.config`` (JSON-able dict), and
 ``config_from_state_dict(state_dict)``. ``load(path)`` detects the family and loads strictly.
 
-Torch is imported only when a model is loaded, so ``models.spec`` stays usable without it.
+Torch is imported only when a model is loaded, and the spec (runtime.spec) needs none.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from models.spec import ModelSpec
+from runtime.spec import ModelSpec
 
 if TYPE_CHECKING:
     from torch import nn

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kernels.lifting_split import lifting_split
-from models.spec import DFEW_LABELS, ModelSpec
+from runtime.spec import DFEW_LABELS, ModelSpec
 
 FAMILY = "ifdd"
 SIGNATURE: tuple[str, ...] = (

@@ -28,7 +28,7 @@ from torch import nn
 from kernels import emit_custom_op
 from kernels.gated_expert_mlp import gated_expert_mlp, pack_gated_expert_weights
 from models.checkpoint import CheckpointError
-from models.spec import DFEW_LABELS, IMAGENET_MEAN, IMAGENET_STD, ModelSpec
+from runtime.spec import DFEW_LABELS, IMAGENET_MEAN, IMAGENET_STD, ModelSpec
 
 FAMILY = "s4d"
 # Keys every S4D checkpoint has, whatever its size (MoE block indices vary, so none is listed).

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from export.bundle import Bundle
-from models.spec import ModelSpec
+from runtime.spec import ModelSpec
 
 # ModelProto.metadata_props and StringStringEntryProto's fields (onnx/onnx.proto).
 _METADATA_PROPS = 14

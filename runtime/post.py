@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.spec import ModelSpec
+from runtime.spec import ModelSpec
 from runtime.compound import MHPF, CompoundFusion, CompoundStage
 from runtime.compound.labels import COMPOUND_CLASSES
 from runtime.faces import Resizer

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from models.spec import ModelSpec
+from runtime.spec import ModelSpec
 from runtime.clips import ClipBuffer
 from runtime.detector import MODELS as DETECTOR_MODELS, FaceDetector
 from runtime.faces import FACE_MODES, DetectedFaces, FullFrame, HostBoxes, IouTracker, Resizer

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.spec import DFEW_LABELS
+from runtime.spec import DFEW_LABELS
 from runtime.compound import (
     ABAW_BASIC,
     COMPOUND_CLASSES,

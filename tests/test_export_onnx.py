@@ -12,7 +12,7 @@ import torch
 import models
 from export.onnx import FORBIDDEN_OPS, export_onnx, onnx_session, op_census, read_metadata
 from models.demo_checkpoint import write_demo_checkpoint
-from models.spec import ModelSpec
+from runtime.spec import ModelSpec
 from tests.test_loader import assert_one_line_error, run_cli
 
 # (family, custom node, nodes of it per model)

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import models
+import runtime.spec
 from export.onnx import export_onnx, onnx_session
 from models.demo_checkpoint import write_demo_checkpoint
 from runtime.api import Runtime, RuntimeOptions
@@ -189,7 +190,7 @@ def test_cli_prints_json_lines_and_exits_1_when_a_stream_failed(s4d_onnx, videos
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     results = [line for line in lines if line["type"] == "result"]
     assert len(results) == clip_count(frame_counts["a.mp4"], FRAMES, STRIDE, HOP)
-    assert all(r["untrained"] and set(r["probabilities"]) == set(models.spec.DFEW_LABELS) for r in results)
+    assert all(r["untrained"] and set(r["probabilities"]) == set(runtime.spec.DFEW_LABELS) for r in results)
     failed = [line for line in lines if line["type"] == "event" and line["kind"] == "failed"]
     assert len(failed) == 1 and os.path.basename(str(faulty["truncated.mp4"])) in failed[0]["cause"]
     assert "UNTRAINED" in proc.stderr and "ready→emitted" in proc.stderr

@@ -14,7 +14,7 @@ import torch
 
 from models import s4d
 from models.checkpoint import CheckpointError, load_strict
-from models.spec import DFEW_LABELS, IMAGENET_MEAN, IMAGENET_STD
+from runtime.spec import DFEW_LABELS, IMAGENET_MEAN, IMAGENET_STD
 from tests.conftest import FIXTURES, assert_close, load_fixture
 
 SMALL_CONFIG = {"img_size": 64, "embed_dim": 64, "depth": 4, "num_heads": 4, "moe_layers": [2, 3]}
