@@ -81,7 +81,7 @@ def _lifting_inputs(batch: int):
 
 
 def _official_style_split(x, w_dim, b_dim, w_off_a, w_off_d):
-    """The ISSM as the official module computes it (fixtures README): conv descriptor, similarity,
+    """The ISSM as the official module computes it (tests/fixtures/README.md): conv descriptor, similarity,
     softmaxes, offsets, then grid_sample along time on a (T × 1) image per channel map."""
     batch = x.shape[0]
     frames = x.reshape(batch * T, H, W, C).permute(0, 3, 1, 2)

@@ -1,9 +1,10 @@
 """Faithful PyTorch re-implementations of published DFER models, loadable from official checkpoints.
 
-Each family lives in its own module (models/ifdd.py, models/s4d.py) and exposes:
-``FAMILY``, ``SIGNATURE`` (state_dict keys that identify it), ``build_model(config, **options)``
-returning an eval model with ``.spec`` (ModelSpec) and ``.config`` (JSON-able dict), and
-``config_from_state_dict(state_dict)``. ``load(path)`` detects the family and loads strictly.
+Each family has an entry module (models/ifdd.py, models/s4d.py, built from parts in
+models/<family>_*.py) exposing ``FAMILY``, ``SIGNATURE`` (state_dict keys that identify it),
+``build_model(config, **options)`` returning an eval model with ``.spec`` (ModelSpec) and
+``.config`` (JSON-able dict), and ``config_from_state_dict(state_dict)``. ``load(path)`` detects
+the family and loads strictly; an option another family owns (``FAMILY_OPTIONS``) is an error.
 
 Torch is imported only when a model is loaded, and the spec (runtime.spec) needs none.
 """
@@ -23,7 +24,8 @@ if TYPE_CHECKING:
     from torch import nn
 
 FAMILIES = ("ifdd", "s4d")
-# Options that only some families understand; others are passed to every family.
+# Options that only some families understand (given for another family, an error); the others
+# are passed to every family.
 FAMILY_OPTIONS = {"router_mode": ("s4d",)}
 
 
@@ -77,13 +79,22 @@ def load(path: str | os.PathLike, *, use_ema: bool = False, **options: Any) -> L
     metadata = raw.get(META_KEY) if isinstance(raw.get(META_KEY), dict) else {}
     state_dict = unwrap_state_dict(raw, use_ema=use_ema)
     family = detect_family(state_dict)
+    _check_family_options(family, options)
     module = family_module(family)
     config = metadata.get("config") or module.config_from_state_dict(state_dict)
-    family_options = {k: v for k, v in options.items() if family in FAMILY_OPTIONS.get(k, (family,))}
-    model = module.build_model(config, **family_options)
+    model = module.build_model(config, **options)
     load_strict(model, state_dict, family)
     model.eval()
     return LoadedModel(model, family, model.spec, dict(model.config), sha256_of(path), metadata)
+
+
+def _check_family_options(family: str, options: dict[str, Any]) -> None:
+    """ValueError for an option meant for other families: dropping it would hide the mistake."""
+    for name in options:
+        accepted = FAMILY_OPTIONS.get(name, FAMILIES)
+        if family not in accepted:
+            only = ", ".join(accepted)
+            raise ValueError(f"option {name} is accepted only by {only} models, not by this {family} checkpoint")
 
 
 def sha256_of(path: str | os.PathLike) -> str:

@@ -40,10 +40,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
             raise CheckpointError(
                 f"{path}: refused to load: the file holds Python objects that would run code when "
                 f"unpickled ({unsafe[0]}); only plain tensors are accepted"
-            ) from None
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_reason(err)})") from None
+            ) from err
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_reason(err)})") from err
     except Exception as err:  # torch.load fails on garbage with many exception types
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint, truncated or corrupt ({_reason(err)})") from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint, truncated or corrupt ({_reason(err)})") from err
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path}: expected a dict of tensors, found {type(raw).__name__}")
     return raw

@@ -144,3 +144,10 @@ def test_specs_follow_the_official_test_pipelines():
     s4d = models.family_module("s4d").build_model(SMALL_S4D).spec
     assert (s4d.frames, s4d.frame_stride, s4d.mean, s4d.std) == (16, 4, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     assert s4d.clip_merge == "softmax" and s4d.labels == ifdd.labels
+
+
+def test_option_of_another_family_is_an_error(small_s4d, tmp_path):
+    assert models.load(small_s4d, router_mode="official").model.router_mode == "official"
+    ifdd = write_demo_checkpoint("ifdd", tmp_path / "ifdd.pth", seed=0)
+    with pytest.raises(ValueError, match=r"^option router_mode is accepted only by s4d models, not by this ifdd checkpoint$"):
+        models.load(ifdd, router_mode="official")

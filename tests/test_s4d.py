@@ -15,7 +15,7 @@ import torch
 from models import s4d
 from models.checkpoint import CheckpointError, load_strict
 from runtime.spec import DFEW_LABELS, IMAGENET_MEAN, IMAGENET_STD
-from tests.conftest import FIXTURES, assert_close, load_fixture
+from tests.conftest import assert_close, fixture_path, load_fixture
 
 SMALL_CONFIG = {"img_size": 64, "embed_dim": 64, "depth": 4, "num_heads": 4, "moe_layers": [2, 3]}
 EXACT = 1e-5  # fp32 parity with the recorded official outputs
@@ -59,11 +59,17 @@ def dropped_tokens(topk_indices: torch.Tensor, num_experts: int, capacity: int) 
     return dropped.view(topk_indices.shape[:-1])
 
 
+def at_rows(tokens: torch.Tensor, moae: dict) -> torch.Tensor:
+    """The fixture's token rows of a (B, N, ...) tensor: every token that capacity drops and a
+    sample of kept ones, the rows its outputs were stored for (tests/fixtures/README.md)."""
+    return tokens.flatten(0, 1)[moae["rows"]]
+
+
 # ---------------------------------------------------------------- full size (vitmoe_base_patch16_160)
 
 
 def official_keys() -> list:
-    return json.loads((FIXTURES / "s4d" / "state_dict_keys.json").read_text())
+    return json.loads(fixture_path("s4d/state_dict_keys.json").read_text())
 
 
 def test_state_dict_reproduces_the_380_official_keys():
@@ -100,7 +106,7 @@ def test_moe_layer_official_with_recorded_noise(moae):
     assert_close(probs, moae["intermediates"]["router_probs"], atol=EXACT, name="router_probs")
     assert torch.equal(indices, moae["intermediates"]["topk_indices"])
     assert s4d.expert_capacity(2 * 800, 8, 2, 1.0) == moae["intermediates"]["expert_capacity"] == 400
-    assert_close(out, moae["outputs"][0], atol=EXACT, name="moe output")
+    assert_close(at_rows(out, moae), moae["outputs"][0], atol=EXACT, name="moe output")
 
 
 def test_moe_layer_official_with_zero_noise(moae):
@@ -112,7 +118,7 @@ def test_moe_layer_official_with_zero_noise(moae):
         out = moe(x)
     assert_close(probs, moae["intermediates_zero_noise"]["router_probs"], atol=EXACT, name="router_probs")
     assert torch.equal(indices, moae["intermediates_zero_noise"]["topk_indices"])
-    assert_close(out, moae["outputs_zero_noise"][0], atol=EXACT, name="moe output (zero noise)")
+    assert_close(at_rows(out, moae), moae["outputs_zero_noise"][0], atol=EXACT, name="moe output (zero noise)")
 
 
 def test_official_router_draws_fresh_noise_even_in_eval(moae):
@@ -128,9 +134,10 @@ def test_moe_layer_deploy_matches_official_except_on_dropped_tokens(moae):
     moe = moe_from_fixture(moae)
     x = moae["inputs"][0].float()
     dropped = dropped_tokens(moae["intermediates_zero_noise"]["topk_indices"], 8, capacity=400)
-    assert int(dropped.sum()) > 0
+    assert int(dropped.sum()) > 0 and at_rows(dropped, moae).sum() == dropped.sum()  # the rows hold every one
+    dropped = at_rows(dropped, moae)
     with torch.no_grad():
-        out = moe.forward_deploy(x)
+        out = at_rows(moe.forward_deploy(x), moae)
     expected = moae["outputs_zero_noise"][0]
     assert_close(out[~dropped], expected[~dropped], atol=EXACT, name="deploy on kept tokens")
     gap = (out[dropped] - expected[dropped]).abs().amax(-1)
@@ -150,7 +157,7 @@ def test_fused_block_path_matches_the_moe_layer(moae):
         out = block.fused_mlp_moe(torch.zeros_like(h), h)
         reference = block.moe_layer.forward_deploy(h)
     assert_close(out, reference, atol=EXACT, name="fused vs deploy MoE")
-    expected = moae["outputs_zero_noise"][0]
+    out, dropped, expected = at_rows(out, moae), at_rows(dropped, moae), moae["outputs_zero_noise"][0]
     assert_close(out[~dropped], expected[~dropped], atol=EXACT, name="fused vs official on kept tokens")
 
 
