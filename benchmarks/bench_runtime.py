@@ -46,9 +46,17 @@ HOP, FPS = 8, 25
 CLIPS_PER_CASE = 128  # throughput: clips per case, spread over the streams
 PACED_SECONDS = 8.0
 THREADS = int(os.environ.get("DFER_BENCH_THREADS", os.cpu_count() or 1))
-# Queues hold a whole throughput case: these cases measure speed, not the drop policy.
-OPTIONS = RuntimeOptions(backend="onnxruntime", providers=("cpu",), threads=THREADS, max_batch=32, max_delay_ms=50, hop=HOP,
-                         queue_per_stream=CLIPS_PER_CASE)
+# Queues hold a whole throughput case: files wait for room anyway (QueuePolicy.BLOCK), but
+# pushed streams drop their oldest clip, and these cases measure speed, not the drop policy.
+OPTIONS = RuntimeOptions(
+    backend="onnxruntime",
+    providers=("cpu",),
+    threads=THREADS,
+    max_batch=32,
+    max_delay_ms=50,
+    hop=HOP,
+    queue_per_stream=CLIPS_PER_CASE,
+)
 
 
 def export_model(folder: Path) -> Path:
@@ -106,10 +114,17 @@ def throughput_row(case: str, runtime: Runtime, streams: int, clips_per_stream: 
     raw = replay(runtime)
     batches = sum(runtime.batch_sizes.values())
     return {
-        "case": case, "streams": streams, "clips": clips, "clips_per_s": clips / wall,
-        "mean_batch": clips / batches, "raw_backend_s": raw, "runtime_backend_s": runtime.backend_seconds,
-        "in_path_overhead": runtime.dispatch_seconds / raw - 1, "end_to_end_overhead": wall / raw - 1,
-        "bookkeeping": runtime.dispatch_seconds / runtime.backend_seconds - 1, "contention": runtime.backend_seconds / raw - 1,
+        "case": case,
+        "streams": streams,
+        "clips": clips,
+        "clips_per_s": clips / wall,
+        "mean_batch": clips / batches,
+        "raw_backend_s": raw,
+        "runtime_backend_s": runtime.backend_seconds,
+        "in_path_overhead": runtime.dispatch_seconds / raw - 1,
+        "end_to_end_overhead": wall / raw - 1,
+        "bookkeeping": runtime.dispatch_seconds / runtime.backend_seconds - 1,
+        "contention": runtime.backend_seconds / raw - 1,
         **percentiles(runtime),
     }
 
@@ -118,7 +133,9 @@ def replay(runtime: Runtime) -> float:
     """Raw backend time for the batch sizes the runtime ran, on fresh inputs (best of 2)."""
     spec = runtime.spec
     backend = open_backend(runtime.model, OPTIONS.backend, OPTIONS.providers, THREADS)
-    inputs = {n: np.random.default_rng(n).standard_normal(spec.input_shape(n)).astype(np.float32) for n in runtime.batch_sizes}
+    inputs = {
+        n: np.random.default_rng(n).standard_normal(spec.input_shape(n)).astype(np.float32) for n in runtime.batch_sizes
+    }
     best = float("inf")
     for _ in range(2):
         started = time.perf_counter()
@@ -144,9 +161,13 @@ def run_paced(model: Path, folder: Path, streams: int) -> dict:
     stats = runtime.stats().values()
     clips = sum(s.results for s in stats)
     return {
-        "case": "paced", "streams": streams, "clips": clips, "clips_per_s": clips / elapsed,
+        "case": "paced",
+        "streams": streams,
+        "clips": clips,
+        "clips_per_s": clips / elapsed,
         "mean_batch": clips / max(1, sum(runtime.batch_sizes.values())),
-        "dropped": sum(s.clips_dropped for s in stats), "frames_lost": sum(s.frames_lost for s in stats),
+        "dropped": sum(s.clips_dropped for s in stats),
+        "frames_lost": sum(s.frames_lost for s in stats),
         **percentiles(runtime),
     }
 
@@ -179,8 +200,13 @@ def environment() -> dict:
     import av
     import onnxruntime
 
-    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "threads": THREADS,
-            "onnxruntime": onnxruntime.__version__, "av": av.__version__}
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "threads": THREADS,
+        "onnxruntime": onnxruntime.__version__,
+        "av": av.__version__,
+    }
 
 
 # --- pytest-benchmark ------------------------------------------------------------------------
@@ -204,7 +230,9 @@ def test_runtime_load(benchmark, model, tmp_path, streams, case):
     run = CASES[case]
     row = benchmark.pedantic(run, args=(model, tmp_path, streams), rounds=1, iterations=1)
     benchmark.group = f"runtime {case}"
-    benchmark.extra_info.update({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, **environment())
+    benchmark.extra_info.update(
+        {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, **environment()
+    )
     _rows.append(row)
 
 

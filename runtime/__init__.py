@@ -5,7 +5,7 @@ import importlib
 # Loaded on first use (PEP 562), so `import runtime` stays light for its numpy-only parts.
 _LAZY = {
     "Runtime": "runtime.api", "RuntimeOptions": "runtime.api", "StreamOptions": "runtime.streams",
-    "SourceOptions": "runtime.sources", "CompoundOptions": "runtime.post",
+    "SourceOptions": "runtime.sources", "CompoundOptions": "runtime.post", "QueuePolicy": "runtime.batcher",
 }
 
 

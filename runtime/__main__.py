@@ -4,8 +4,11 @@
     python -m runtime model.onnx --stream a.mp4 --compound [--static-model fer.onnx] [--mhpf weights.json]
 
 Files end on their own; with live streams (or --loop) it runs until --duration or Ctrl-C.
-Results and stream events go to stdout (JSON lines with --json), the latency table to stderr
-on exit. Exit status: 0, 1 when some stream failed for good, 2 on bad arguments.
+Every clip of a file becomes a result (its decoder waits for the model); live streams and
+--realtime files drop their oldest clip when --queue clips wait. Results and stream events go
+to stdout (JSON lines with --json), the latency table to stderr on exit. A location that
+cannot be opened (a missing file included) fails that stream alone, with a `failed` event.
+Exit status: 0, 1 when some stream failed for good, 2 on bad arguments.
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ from dataclasses import replace
 
 from runtime.api import Runtime, RuntimeOptions
 from runtime.post import CompoundOptions
-from runtime.records import Result, StreamEvent
-from runtime.sources import FILE, SourceOptions, classify_location
+from runtime.records import Result, StreamEvent, StreamState
+from runtime.sources import FILE, SourceOptions, source_kind
 from runtime.streams import StreamOptions
 
 
@@ -58,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         runtime.close()
         if runtime.stats():
             print(runtime.summary(), file=sys.stderr)
-    return 1 if any(s.state == "failed" for s in runtime.stats().values()) else 0
+    return 1 if any(s.state is StreamState.FAILED for s in runtime.stats().values()) else 0
 
 
 def _compound_options(args) -> CompoundOptions | None:
@@ -76,8 +79,9 @@ def _key_value(option: str) -> tuple[str, str]:
 
 
 def _with_source_kind(location: str, options: StreamOptions) -> StreamOptions:
-    """--loop/--realtime apply to the file streams of a mixed command line."""
-    if classify_location(location) == FILE:
+    """--loop/--realtime apply to the file streams of a mixed command line (a file that is not
+    there too: its stream fails on its own)."""
+    if source_kind(location) is FILE:
         return options
     source = replace(options.source, loop=False, realtime=False)
     return replace(options, source=source)
@@ -136,7 +140,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, help="inference threads (default: ONNX Runtime's choice)")
     parser.add_argument("--max-batch", type=int, default=RuntimeOptions.max_batch)
     parser.add_argument("--max-delay-ms", type=float, default=RuntimeOptions.max_delay_ms)
-    parser.add_argument("--queue", type=int, default=RuntimeOptions.queue_per_stream, help="ready clips per stream before the oldest is dropped")
+    parser.add_argument("--queue", type=int, default=RuntimeOptions.queue_per_stream, help="ready clips a stream may have waiting: then a file's decoder waits, a live stream drops its oldest")
     parser.add_argument("--hop", type=int, help="new samples between two clips of a track (default: clip length)")
     parser.add_argument("--max-retries", type=int, help="give up on a live stream after this many failed connects in a row")
     parser.add_argument("--faces", choices=("full", "detect"), default="full",

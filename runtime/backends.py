@@ -19,14 +19,21 @@ from __future__ import annotations
 
 import difflib
 from abc import ABC, abstractmethod
+from pathlib import Path
 
 import numpy as np
 
+from runtime.gpu import local_gpu_sm
 from runtime.model import ModelSource
 
 
 class BackendUnavailable(ValueError):
     """This backend cannot run here (a package, driver, GPU or engine is missing); one line says which."""
+
+
+class BackendClosed(ValueError):
+    """The backend was used after close(): its session or device memory is gone. A ValueError,
+    as Python's own for a closed file (and the tensorrt backend's)."""
 
 
 class Backend(ABC):
@@ -59,6 +66,34 @@ class Backend(ABC):
         """Free what the backend holds (device memory, sessions)."""
 
 
+def import_onnxruntime():
+    """The onnxruntime module, or BackendUnavailable saying which of its two builds to install."""
+    try:
+        import onnxruntime
+    except ImportError as err:
+        raise BackendUnavailable(
+            f"ONNX Runtime is not installed ({err}): pip install 'dfer-edge[cpu]', or 'dfer-edge[gpu]' on NVIDIA GPUs (never both)"
+        ) from err
+    return onnxruntime
+
+
+def _why_no_gpu_provider() -> str:
+    if local_gpu_sm() is None:
+        return "no NVIDIA driver or GPU on this machine"
+    return "the GPU is there, so its CUDA or cuDNN libraries did not load (ONNX Runtime's log names the missing one)"
+
+
+def onnx_session(path: str | Path, providers: list[str] | None = None, threads: int | None = None):
+    """An ONNX Runtime session (CPU unless providers are named) that logs errors only: fp16
+    graphs make ONNX Runtime warn about constant folding on every load."""
+    ort = import_onnxruntime()
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+
+
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     PROVIDERS = {
@@ -68,20 +103,16 @@ class OnnxRuntimeBackend(Backend):
     }
 
     def __init__(self, source: ModelSource, providers: tuple[str, ...] = ("cpu",), threads: int | None = None):
-        import onnxruntime as ort
-
+        ort = import_onnxruntime()
         wanted = provider_names(providers)
         available = ort.get_available_providers()
         missing = [p for p in wanted if p not in available]
         if missing:
             raise BackendUnavailable(f"this ONNX Runtime build lacks {', '.join(missing)}; it has {', '.join(available)}")
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        self._session = ort.InferenceSession(str(source.onnx_path), options, providers=wanted)
+        self._session = onnx_session(source.verified_onnx(), wanted, threads)
         used = self._session.get_providers()
         if wanted[0] not in used:
-            raise BackendUnavailable(f"ONNX Runtime could not start {wanted[0]} (session runs on {', '.join(used)})")
+            raise BackendUnavailable(f"ONNX Runtime could not start {wanted[0]} (session runs on {', '.join(used)}): {_why_no_gpu_provider()}")
         (clip,) = self._session.get_inputs()
         self._input, self._output = clip.name, self._session.get_outputs()[0].name
         expected = list(source.spec.input_shape(1)[1:])
@@ -93,6 +124,8 @@ class OnnxRuntimeBackend(Backend):
         self.providers = tuple(used)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
+        if self._session is None:
+            raise BackendClosed("the onnxruntime backend is closed")
         return self._session.run([self._output], {self._input: batch})[0]
 
     def details(self) -> str:

@@ -112,7 +112,7 @@ class FaceDetector:
         try:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError as err:
-            raise ModuleNotFoundError(f"the built-in face detector runs on LiteRT: pip install ai-edge-litert ({err})") from None
+            raise ModuleNotFoundError(f"the built-in face detector runs on LiteRT: pip install ai-edge-litert ({err})") from err
         self._interpreter = Interpreter(model_path=str(path), num_threads=1)
         self._interpreter.allocate_tensors()
         (source,) = self._interpreter.get_input_details()

@@ -22,6 +22,8 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
+from runtime.records import RejectedFrame
+
 if TYPE_CHECKING:  # runtime.detector builds on this module's Resizer and iou
     from runtime.detector import FaceDetector
 
@@ -65,14 +67,17 @@ def square_crop(image: np.ndarray, box: np.ndarray, margin: float) -> np.ndarray
 
 
 def check_boxes(boxes, width: int, height: int) -> np.ndarray:
-    """Host boxes as float (N, 4) pixel [x0, y0, x1, y1]; ValueError naming the bad one."""
-    array = np.asarray(boxes, dtype=np.float64).reshape(-1, 4) if len(boxes) else np.zeros((0, 4))
+    """Host boxes as float (N, 4) pixel [x0, y0, x1, y1]; RejectedFrame naming the bad one."""
+    try:
+        array = np.asarray(boxes, dtype=np.float64).reshape(-1, 4) if len(boxes) else np.zeros((0, 4))
+    except (TypeError, ValueError) as err:  # not a list of four numbers each
+        raise RejectedFrame(f"face boxes must be [[x0, y0, x1, y1], ...] in pixels, got {boxes!r:.80}") from err
     for box in array:
         x0, y0, x1, y1 = box
         if not np.isfinite(box).all() or x1 <= x0 or y1 <= y0:
-            raise ValueError(f"face box {box.tolist()} is not [x0, y0, x1, y1] with x0 < x1 and y0 < y1")
+            raise RejectedFrame(f"face box {box.tolist()} is not [x0, y0, x1, y1] with x0 < x1 and y0 < y1")
         if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
-            raise ValueError(f"face box {box.tolist()} lies outside the {width}×{height} frame")
+            raise RejectedFrame(f"face box {box.tolist()} lies outside the {width}×{height} frame")
     return array
 
 
@@ -136,7 +141,7 @@ class FullFrame:
 
     def faces(self, frame, time_s: float, boxes: Sequence | None) -> list[FaceCrop]:
         if boxes is not None:
-            raise ValueError("this stream's face mode is 'full': it takes no boxes")
+            raise RejectedFrame("this stream's face mode is 'full': it takes no boxes")
         return [(0, lambda: self.resizer.rgb(frame.image, *self.size))]
 
     def evict(self, time_s: float) -> list[int]:
@@ -151,7 +156,7 @@ class HostBoxes:
 
     def faces(self, frame, time_s: float, boxes: Sequence | None) -> list[FaceCrop]:
         if boxes is None:
-            raise ValueError("this stream's face mode is 'boxes': push each frame with its face boxes (an empty list for none)")
+            raise RejectedFrame("this stream's face mode is 'boxes': push each frame with its face boxes (an empty list for none)")
         image = self.resizer.rgb(frame.image)
         boxes = check_boxes(boxes, image.shape[1], image.shape[0])
         return self._croppers(image, self.tracker.update(boxes, time_s), boxes)
@@ -181,7 +186,7 @@ class DetectedFaces(HostBoxes):
 
     def faces(self, frame, time_s: float, boxes: Sequence | None) -> list[FaceCrop]:
         if boxes is not None:
-            raise ValueError("this stream's face mode is 'detect': it takes no boxes")
+            raise RejectedFrame("this stream's face mode is 'detect': it takes no boxes")
         self._detected = self._frames % self.detect_every == 0
         self._frames += 1
         if self._detected:

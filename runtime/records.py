@@ -63,7 +63,7 @@ def event_json(event: Event) -> dict:
     return {"kind": event.kind, "label": event.label, "time_s": round(event.time_s, 4), "confidence": round(event.confidence, 4)}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Result:
     """The model's verdict on one clip of one track, with the time it spent in every stage.
 
@@ -71,6 +71,8 @@ class Result:
     track's decision (runtime.temporal: an EMA in stream time with hysteresis, or 'uncertain'
     while no label is confident enough), confidence its smoothed score, and events the onsets
     and offsets this result caused. compound: the compound-expression verdict, when enabled.
+    emitted is stamped by the delivery thread as it hands the result over: every result a host
+    receives has it (None only inside the runtime, between inference and delivery).
     """
 
     stream_id: str
@@ -85,15 +87,15 @@ class Result:
     ready: float
     dispatched: float
     done: float
-    emitted: float
     batch_size: int
     untrained: bool
     confidence: float
     events: tuple[Event, ...]
     compound: CompoundResult | None = None
+    emitted: float | None = None
 
     def latencies(self) -> dict[str, float]:
-        """Seconds spent in each stage (names as in runtime.latency.STAGES)."""
+        """Seconds spent in each stage (names as in runtime.latency.STAGES) of a delivered result."""
         return {
             "capture→ready": self.ready - self.captured,
             "ready→dispatch": self.dispatched - self.ready,
@@ -152,6 +154,39 @@ FAULTS = frozenset(
         EventKind.FAILED,
     }
 )
+
+
+class StreamState(enum.StrEnum):
+    """Where a stream is in its life: RUNNING until its source ends (ENDED: a file's end) or
+    gives up (FAILED), or the host stops it (REMOVED: remove_stream, CLOSED: close). Those four
+    are final. A str, so ``stats.state == "failed"`` reads as before the enum."""
+
+    RUNNING = "running"
+    ENDED = "ended"
+    FAILED = "failed"
+    REMOVED = "removed"
+    CLOSED = "closed"
+
+    def to(self, new: StreamState) -> StreamState:
+        """new, where the move is allowed; IllegalTransition otherwise (a bug in the runtime)."""
+        if new not in TRANSITIONS[self]:
+            raise IllegalTransition(f"a {self.value} stream cannot become {new.value}")
+        return new
+
+
+TRANSITIONS: dict[StreamState, frozenset[StreamState]] = {
+    StreamState.RUNNING: frozenset(StreamState) - {StreamState.RUNNING},
+    **{final: frozenset() for final in StreamState if final is not StreamState.RUNNING},
+}
+
+
+class IllegalTransition(RuntimeError):
+    """A stream was moved out of a final state, or into one it cannot reach: a runtime bug."""
+
+
+class RejectedFrame(ValueError):
+    """A frame the host pushed cannot be taken (wrong type or size, time not moving forward,
+    boxes that do not fit the stream's face mode): the push is refused, the stream goes on."""
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ back-off, and every new connection starts a new timestamp segment.
 
 from __future__ import annotations
 
+import enum
 import logging
 import math
 import threading
@@ -21,21 +22,42 @@ from pathlib import Path
 import av
 import numpy as np
 
-from runtime.records import EventKind
+from runtime.records import EventKind, RejectedFrame
 
-FILE, URL, DEVICE = "file", "url", "device"
 log = logging.getLogger("runtime")
 
 
-def classify_location(location: str) -> str:
-    """file, url or device; ValueError when it is none of them."""
+class SourceKind(enum.StrEnum):
+    """Where a stream's frames come from; a str, equal to the names used before the enum."""
+
+    FILE = "file"
+    URL = "url"
+    DEVICE = "device"
+    PUSH = "push"  # frames handed in by the host (PushSource)
+
+
+FILE, URL, DEVICE = SourceKind.FILE, SourceKind.URL, SourceKind.DEVICE
+
+
+def source_kind(location: str) -> SourceKind:
+    """url (it has a scheme), device (/dev/video*) or file, whether the file exists or not."""
     if "://" in location:
         return URL
     if location.startswith("/dev/video"):
         return DEVICE
-    if Path(location).is_file():
-        return FILE
-    raise ValueError(f"{location!r} is no file, URL (rtsp://, http://, udp://, ...) or /dev/video device")
+    return FILE
+
+
+def classify_location(location: str) -> SourceKind:
+    """file, url or device; ValueError when it is none of them (a file that is not there)."""
+    kind = source_kind(location)
+    if kind is FILE and not Path(location).is_file():
+        raise ValueError(_not_a_source(location))
+    return kind
+
+
+def _not_a_source(location: str) -> str:
+    return f"{location!r} is no file, URL (rtsp://, http://, udp://, ...) or /dev/video device"
 
 
 @dataclass(frozen=True)
@@ -104,17 +126,31 @@ class FrameClock:
                 self.out_of_order += 1
                 return None
             self.restart()
+        index = self.next_index(time_s)
+        self.advance(time_s, index)
+        return index
+
+    @property
+    def last_time(self) -> float | None:
+        return None if self._last is None else self._last[0]
+
+    def next_index(self, time_s: float) -> int:
+        """The index of a frame at time_s after the last one, without taking it."""
+        if self._first is None:
+            return 0
+        fps = self.fps or 1.0 / (time_s - self._first)  # no declared rate: measured from the first interval
+        return max(round((time_s - self._first) * fps), self._last[1] + 1)
+
+    def advance(self, time_s: float, index: int) -> None:
+        """Take the frame at time_s with its index (from next_index): time moves on."""
         if self._first is None:
             self.segment = max(self.segment, 0)
             self._first = time_s
-            self._last = (time_s, 0)
-            return 0
-        if self.fps is None:  # no declared rate: measure it from the first interval
-            self.fps = 1.0 / (time_s - self._first)
-        index = max(round((time_s - self._first) * self.fps), self._last[1] + 1)
-        self.lost += index - self._last[1] - 1
+        else:
+            if self.fps is None:
+                self.fps = 1.0 / (time_s - self._first)
+            self.lost += index - self._last[1] - 1
         self._last = (time_s, index)
-        return index
 
 
 FrameSink = Callable[[DecodedFrame, object], None]
@@ -125,7 +161,9 @@ class VideoSource:
     """Decodes a file, URL or device in its own thread; hands every frame to on_frame."""
 
     def __init__(self, location: str, options: SourceOptions, on_frame: FrameSink, on_event: EventSink):
-        self.location, self.kind, self.options = location, classify_location(location), options
+        # A file that is not there is this stream's fault, reported by its thread (FAILED) as
+        # any file that cannot be opened: one bad location never stops the other streams.
+        self.location, self.kind, self.options = location, source_kind(location), options
         if self.kind != FILE and (options.loop or options.realtime):
             raise ValueError(f"loop and realtime apply to files; {location!r} is a live {self.kind}")
         self._on_frame, self._on_event = on_frame, on_event
@@ -159,6 +197,9 @@ class VideoSource:
             self._on_event(EventKind.FAILED, f"{self.location}: internal error {type(err).__name__}: {err}")
 
     def _connect_and_decode(self) -> None:
+        if self.kind is FILE and not Path(self.location).is_file():
+            self._on_event(EventKind.FAILED, _not_a_source(self.location))
+            return
         failures = 0
         backoff = self.options.backoff_s[0]
         while not self._stop.is_set():
@@ -295,35 +336,47 @@ class PushSource:
     """Frames handed in by the host (RGB uint8 arrays with their timestamps), fed inline on the
     host's thread; a bad frame is rejected with an event and the stream goes on."""
 
+    kind = SourceKind.PUSH
+
     def __init__(self, fps: float, size: tuple[int, int] | None, on_frame: FrameSink, on_event: EventSink):
         if not (math.isfinite(fps) and fps > 0):
             raise ValueError(f"a pushed stream needs its frame rate: fps > 0, got {fps}")
-        self.size = size  # (height, width); fixed by the first frame when not given
+        self.size = size  # (height, width); fixed by the first accepted frame when not given
         self.clock = FrameClock(fps)
         self.decode_errors = 0
         self._on_frame, self._on_event = on_frame, on_event
         self._lock = threading.Lock()
-        self._last_time: float | None = None
+
+    def stop(self) -> None:
+        """Nothing of a pushed stream runs on its own: it stops when the host stops pushing."""
+
+    def join(self, timeout: float | None = None) -> bool:
+        return True
 
     def push(self, image, time_s: float, boxes=None) -> bool:
+        """False (and a REJECTED_FRAME event) when the frame or the pipeline refuses it
+        (RejectedFrame). Only an accepted frame moves the stream's clock and fixes its size, so
+        the corrected frame can be pushed again at the same time. Any other error is a bug and
+        is raised."""
         with self._lock:
             try:
                 self._check(image, time_s)
-                index = self.clock.stamp(time_s)
-                self._last_time = time_s
-                self._on_frame(DecodedFrame(image, time_s, index, self.clock.segment, time.perf_counter()), boxes)
-            except ValueError as err:
+                index = self.clock.next_index(time_s)
+                # A pushed stream's time only moves forward (_check): one segment, 0.
+                self._on_frame(DecodedFrame(image, time_s, index, 0, time.perf_counter()), boxes)
+            except RejectedFrame as err:
                 self._on_event(EventKind.REJECTED_FRAME, f"frame at {time_s} s rejected: {err}")
                 return False
+            self.clock.advance(time_s, index)
+            self.size = image.shape[:2]
             return True
 
     def _check(self, image, time_s: float) -> None:
         if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             described = f"{image.dtype} array of shape {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
-            raise ValueError(f"expected an RGB uint8 array (H, W, 3), got {described}")
-        if self.size is None:
-            self.size = image.shape[:2]
-        if image.shape[:2] != tuple(self.size):
-            raise ValueError(f"frame is {image.shape[1]}×{image.shape[0]}, this stream's frames are {self.size[1]}×{self.size[0]}")
-        if not math.isfinite(time_s) or (self._last_time is not None and time_s <= self._last_time):
-            raise ValueError(f"timestamp {time_s} does not follow the previous frame's {self._last_time}")
+            raise RejectedFrame(f"expected an RGB uint8 array (H, W, 3), got {described}")
+        if self.size is not None and image.shape[:2] != tuple(self.size):
+            raise RejectedFrame(f"frame is {image.shape[1]}×{image.shape[0]}, this stream's frames are {self.size[1]}×{self.size[0]}")
+        last = self.clock.last_time
+        if not math.isfinite(time_s) or (last is not None and time_s <= last):
+            raise RejectedFrame(f"timestamp {time_s} does not follow the previous frame's {last}")

@@ -1,7 +1,10 @@
 """What a model expects as input and what its outputs mean.
 
 A ModelSpec travels with every exported artefact (ONNX metadata, bundle manifest), so the
-runtime can rebuild the official test-time preprocessing in numpy without torch or the model.
+runtime can scale, normalise and lay out clips in numpy without torch or the model. Not yet
+honoured by the runtime: ``resize`` (it always resizes bilinear) and ``clip_merge`` (it reports
+per clip; no video-level merge exists yet). They record the official test protocol so that an
+evaluator can follow it.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """One stream's pipeline: frames → faces (tracks) → per-track clip buffers → normalised clips.
 
 It runs on the thread that brings the frame (the source's decode thread, or the host's thread
-for pushed frames), so streams never wait on each other before the batcher.
+for pushed frames), so streams never wait on each other before the batcher. A stream whose
+queue policy is BLOCK waits in the batcher inside ``feed``, holding this pipeline's lock (a
+track's clips are counted before its end); so the counters stats() reads take no lock.
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from runtime.spec import ModelSpec
+from runtime.batcher import QueuePolicy
 from runtime.clips import ClipBuffer
 from runtime.detector import MODELS as DETECTOR_MODELS, FaceDetector
 from runtime.faces import FACE_MODES, DetectedFaces, FullFrame, HostBoxes, IouTracker, Resizer
 from runtime.post import StaticFrames
-from runtime.records import Clip, EventKind
-from runtime.sources import DecodedFrame, SourceOptions
+from runtime.records import Clip, EventKind, StreamState
+from runtime.sources import DecodedFrame, SourceKind, SourceOptions
+from runtime.spec import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -31,7 +34,10 @@ class StreamOptions:
     faces of the last detection keep their boxes.
     track_timeout_s: stream time after which an unseen track is evicted.
     max_gap_s: time gap between two samples that discards a partial clip; None: two sample
-    periods (2 · frame_stride / fps), i.e. one lost sample is tolerated."""
+    periods (2 · frame_stride / fps), i.e. one lost sample is tolerated.
+    queue_policy: what the stream's full queue does (runtime.batcher.QueuePolicy); None: chosen
+    from the source, BLOCK for files not paced in real time (looped or not), DROP_OLDEST for
+    live sources (URLs, devices), realtime files and pushed frames."""
 
     faces: str = "full"
     margin: float = 0.2
@@ -40,6 +46,14 @@ class StreamOptions:
     detector: str = "short_range"
     detect_every: int = 1
     source: SourceOptions = field(default_factory=SourceOptions)
+    queue_policy: QueuePolicy | None = None
+
+    def policy_for(self, kind: SourceKind) -> QueuePolicy:
+        """The queue policy of a stream from this kind of source."""
+        if self.queue_policy is not None:
+            return self.queue_policy
+        live = kind is not SourceKind.FILE or self.source.realtime
+        return QueuePolicy.DROP_OLDEST if live else QueuePolicy.BLOCK
 
     def __post_init__(self) -> None:
         if self.faces not in FACE_MODES:
@@ -54,13 +68,15 @@ class StreamOptions:
             raise ValueError(f"unknown face detector {self.detector!r}; known: {', '.join(DETECTOR_MODELS)}")
         if type(self.detect_every) is not int or self.detect_every < 1:
             raise ValueError(f"detect_every must be an integer ≥ 1, got {self.detect_every!r}")
+        if self.queue_policy is not None and not isinstance(self.queue_policy, QueuePolicy):
+            raise ValueError(f"queue_policy must be a QueuePolicy ({', '.join(QueuePolicy)}) or None, got {self.queue_policy!r}")
 
 
 @dataclass(frozen=True)
 class StreamStats:
     """Counters of one stream. Every ready clip ends as a result, a drop or a failed batch."""
 
-    state: str
+    state: StreamState
     frames: int
     frames_lost: int
     frames_out_of_order: int
@@ -96,17 +112,18 @@ class StreamPipeline:
         self.clock = None  # the source's FrameClock (frame rate, frames lost), set when attached
         self.frames = 0
         self.tracks_evicted = 0
-        self._invalidated_before = 0  # by buffers no longer held
+        self.clips_invalidated = 0
 
     def feed(self, frame: DecodedFrame, boxes=None) -> None:
-        """Take one frame; ValueError (bad boxes) leaves the stream's state untouched."""
+        """Take one frame; RejectedFrame (boxes that do not fit the face mode) leaves the
+        stream's state untouched."""
         with self._lock:
             faces = self.faces.faces(frame, frame.time_s, boxes)
             self.frames += 1
             if frame.segment != self._segment:
                 self._segment = frame.segment
                 for buffer in self._buffers.values():
-                    buffer.reset()
+                    self._reset(buffer)
             for track, crop in faces:
                 buffer = self._buffers.get(track)
                 if buffer is None:
@@ -120,20 +137,15 @@ class StreamPipeline:
     def end(self) -> None:
         """End of stream: leftover samples too few for a clip are let go, not counted as faults."""
         with self._lock:
-            for track, buffer in self._buffers.items():
-                self._invalidated_before += buffer.clips_invalidated
+            for track in self._buffers:
                 self._end_track(self.stream_id, track)
             self._buffers.clear()
-
-    @property
-    def clips_invalidated(self) -> int:
-        with self._lock:
-            return self._invalidated_before + sum(b.clips_invalidated for b in self._buffers.values())
 
     def _sample(self, track: int, buffer: ClipBuffer, frame: DecodedFrame, image) -> None:
         before = buffer.clips_invalidated
         out = buffer.add(frame.index, frame.time_s, image, self._max_gap_s())
         if buffer.clips_invalidated > before:
+            self.clips_invalidated += buffer.clips_invalidated - before
             self._emit_event(
                 self.stream_id, EventKind.GAP,
                 f"track {track}: {buffer.gap_s:.3f} s between samples before {frame.time_s:.3f} s "
@@ -143,8 +155,8 @@ class StreamPipeline:
             frames, start_s, end_s = out
             data = self.spec.normalize(frames)
             static = None if self.static is None else self.static.inputs(frames, self._static_resizer)
-            clip = Clip(self.stream_id, track, buffer.clips_emitted - 1, start_s, end_s, data, frame.captured,
-                        time.perf_counter(), static)
+            clip = Clip(stream_id=self.stream_id, track_id=track, index=buffer.clips_emitted - 1, start_s=start_s,
+                        end_s=end_s, data=data, captured=frame.captured, ready=time.perf_counter(), static_data=static)
             self._emit_clip(clip)
 
     def _max_gap_s(self) -> float:
@@ -153,8 +165,11 @@ class StreamPipeline:
         fps = self.clock.fps if self.clock is not None else None
         return 2.0 * self.spec.frame_stride / fps if fps else math.inf
 
-    def _retire(self, track: int) -> None:
-        buffer = self._buffers.pop(track)
+    def _reset(self, buffer: ClipBuffer) -> None:
+        before = buffer.clips_invalidated
         buffer.reset()
-        self._invalidated_before += buffer.clips_invalidated
+        self.clips_invalidated += buffer.clips_invalidated - before
+
+    def _retire(self, track: int) -> None:
+        self._reset(self._buffers.pop(track))
         self._end_track(self.stream_id, track)

@@ -30,8 +30,9 @@ import importlib
 
 import numpy as np
 
-from export.bundle import Bundle, EngineInfo
-from runtime.backends import Backend, BackendUnavailable
+from runtime.backends import Backend, BackendClosed, BackendUnavailable
+from runtime.bundle import Bundle, BundleError, EngineEntry
+from runtime.gpu import NoGpu, gpu_sm, tensorrt_logger
 from runtime.model import ModelSource
 
 RUNTIME_MODULES = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
@@ -47,46 +48,44 @@ def import_cuda():
     try:
         from cuda.bindings import runtime as cudart
     except ImportError as err:
-        raise BackendUnavailable(f"the tensorrt backend needs cuda-python ({err}): {CUDA_INSTALL}") from None
+        raise BackendUnavailable(f"the tensorrt backend needs cuda-python ({err}): {CUDA_INSTALL}") from err
     return cudart
 
 
-def gpu_sm(cudart, device: int = 0) -> str:
-    """The GPU's compute capability as 'sm_XY', or BackendUnavailable saying why there is none."""
-    err, count = cudart.cudaGetDeviceCount()
+def usable_gpu_sm(cudart, device: int = 0) -> str:
+    """The GPU's compute capability (runtime.gpu), once cuda-python can also reach it; else
+    BackendUnavailable saying why (no driver, no GPU, or bindings newer than the driver)."""
+    try:
+        sm = gpu_sm(device)
+    except NoGpu as err:
+        raise BackendUnavailable(f"{err}: the tensorrt backend needs an NVIDIA GPU") from err
+    err, _ = cudart.cudaGetDeviceCount()
     if err != cudart.cudaError_t.cudaSuccess:
         _, driver = cudart.cudaDriverGetVersion()
-        if driver == 0:
-            raise BackendUnavailable("no NVIDIA driver on this machine (libcuda.so.1 not found): the tensorrt backend needs an NVIDIA GPU")
         _, runtime = cudart.cudaRuntimeGetVersion()
         older = f": pip install 'cuda-bindings<{runtime // 1000}'" if driver // 1000 < runtime // 1000 else ""
         raise BackendUnavailable(
-            f"no usable NVIDIA GPU: {_error_text(cudart, err)} (the driver supports CUDA {_version(driver)}, "
+            f"cuda-python cannot use the {sm} GPU: {_error_text(cudart, err)} (the driver supports CUDA {_version(driver)}, "
             f"cuda-bindings is built for CUDA {_version(runtime)}{older})"
         )
-    if device >= count:
-        raise BackendUnavailable(f"no CUDA device {device}: this machine has {count}")
-    major = _check(cudart, cudart.cudaDeviceGetAttribute(cudart.cudaDeviceAttr.cudaDevAttrComputeCapabilityMajor, device))
-    minor = _check(cudart, cudart.cudaDeviceGetAttribute(cudart.cudaDeviceAttr.cudaDevAttrComputeCapabilityMinor, device))
-    return f"sm_{major}{minor}"
+    return sm
 
 
-def choose_engine(source: ModelSource, sm: str) -> tuple[EngineInfo, object]:
+def choose_engine(bundle: Bundle, sm: str) -> tuple[EngineEntry, object]:
     """The bundle's engine for this GPU whose runtime imports (lowest precision first), and that module."""
-    bundle = Bundle.open(source.path)
     fitting = bundle.engines_for(sm)
     if not fitting:
-        held = ", ".join(f"{e.path.name} ({', '.join(e.gpu_sm)})" for e in bundle.engines)
+        held = ", ".join(f"{e.file} ({', '.join(e.gpu_sm)})" for e in bundle.engines)
         raise BackendUnavailable(
-            f"{source.path.name} has no engine for this GPU ({sm}); it holds {held}. "
-            f"Build one on this GPU: python -m export.trt {source.onnx_path} -o {source.path} --builder tensorrt"
+            f"{bundle.path.name} has no engine for this GPU ({sm}); it holds {held}. "
+            f"Build one on this GPU: python -m export.trt {bundle.onnx_path} -o {bundle.path} --builder tensorrt"
         )
     missing = []
     for engine in fitting:
         try:
             return engine, importlib.import_module(RUNTIME_MODULES[engine.builder])
         except (ImportError, OSError) as err:
-            missing.append(f"{engine.path.name} needs {RUNTIME_MODULES[engine.builder]} ({err}): {INSTALL[engine.builder]}")
+            missing.append(f"{engine.file} needs {RUNTIME_MODULES[engine.builder]} ({err}): {INSTALL[engine.builder]}")
     raise BackendUnavailable("no TensorRT runtime for this GPU's engines: " + "; ".join(missing))
 
 
@@ -94,16 +93,17 @@ class TensorRtBackend(Backend):
     name = "tensorrt"
 
     def __init__(self, source: ModelSource, device: int = 0):
-        if not source.engines:  # before any GPU check: no machine could run this model here
+        if not source.has_engines:  # before any GPU check: no machine could run this model here
             raise BackendUnavailable(f"{source.path} holds no TensorRT engine: build one with python -m export.trt")
         self._cudart = cudart = import_cuda()
         self._device = device
-        self.sm = gpu_sm(cudart, device)
-        self.engine_info, trt = choose_engine(source, self.sm)
+        self.sm = usable_gpu_sm(cudart, device)
+        self.engine_info, trt = choose_engine(source.bundle, self.sm)
         self._trt, self._graphs, self._contexts, self._pointers = trt, {}, {}, []
+        self._logger = tensorrt_logger(trt)
         self.graph_failures: dict[int, str] = {}  # batch size → why it runs without a graph
         self._stream = None
-        self._engine = self._deserialise(trt, self.engine_info)
+        self._engine = self._deserialise(trt, source.bundle, self.engine_info)
         try:
             self._bind_io(source)
             self._allocate()
@@ -113,18 +113,19 @@ class TensorRtBackend(Backend):
 
     # --- opening ----------------------------------------------------------------------------
 
-    def _deserialise(self, trt, info: EngineInfo):
-        data = info.path.read_bytes()
-        if len(data) != info.size_bytes:
-            raise BackendUnavailable(f"{info.path} is {len(data)} bytes, its manifest says {info.size_bytes}: the file was changed or cut short")
+    def _deserialise(self, trt, bundle: Bundle, info: EngineEntry):
+        try:
+            data = bundle.read_verified(info.file)
+        except BundleError as err:
+            raise BackendUnavailable(str(err)) from err
         _check(self._cudart, self._cudart.cudaSetDevice(self._device))
-        self._logger = _error_logger(trt)
         self._runtime = trt.Runtime(self._logger)
-        engine = self._runtime.deserialize_cuda_engine(data)
+        with self._logger.capture() as log:
+            engine = self._runtime.deserialize_cuda_engine(data)
         if engine is None:
             raise BackendUnavailable(
-                f"{trt.__name__} {trt.__version__} refused {info.path.name} (built by {info.builder} "
-                f"{info.builder_version} for {', '.join(info.gpu_sm)}): {self._logger.first_error()}"
+                f"{trt.__name__} {trt.__version__} refused {info.file} (built by {info.builder} "
+                f"{info.builder_version} for {', '.join(info.gpu_sm)}): {log.first_error()}"
             )
         return engine
 
@@ -135,19 +136,20 @@ class TensorRtBackend(Backend):
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
         if len(inputs) != 1 or len(outputs) != 1:
-            raise ValueError(f"{self.engine_info.path.name}: expected one input and one output, found {inputs} and {outputs}")
+            raise ValueError(f"{self.engine_info.file}: expected one input and one output, found {inputs} and {outputs}")
         (self._input,), (self._output,) = inputs, outputs
         spec = source.spec
         self.clip_shape = (3, spec.frames, spec.height, spec.width)
         found = tuple(engine.get_tensor_shape(self._input))
         if found[1:] != self.clip_shape:
-            raise ValueError(f"{self.engine_info.path.name}: engine input is {found}, the model's spec says (N, {', '.join(map(str, self.clip_shape))})")
+            raise ValueError(f"{self.engine_info.file}: engine input is {found}, the model's spec says (N, {', '.join(map(str, self.clip_shape))})")
         self.input_dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(self._input)))
         self.output_dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(self._output)))
         self.num_classes = spec.num_classes
-        smallest, _, self.max_batch = self.engine_info.batch_profile
+        profile = self.engine_info.batch_profile
+        smallest, self.max_batch = profile.min, profile.max
         if smallest != 1:
-            raise ValueError(f"{self.engine_info.path.name}: its batch profile starts at {smallest}; the runtime needs batches from 1")
+            raise ValueError(f"{self.engine_info.file}: its batch profile starts at {smallest}; the runtime needs batches from 1")
 
     def _allocate(self) -> None:
         cudart = self._cudart
@@ -158,7 +160,9 @@ class TensorRtBackend(Backend):
         if self.engine_info.builder == "tensorrt-rtx":
             config = self._engine.create_runtime_config()
             config.cuda_graph_strategy = self._trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
-            self._rtx_context = self._new_context(self._engine.create_execution_context(config))
+            with self._logger.capture() as log:
+                context = self._engine.create_execution_context(config)
+            self._rtx_context = self._new_context(context, log)
             self._rtx_batch = None
         else:
             self._scratch = self._device_bytes(self._engine.device_memory_size_v2)
@@ -177,9 +181,9 @@ class TensorRtBackend(Backend):
         self._pointers.append((self._cudart.cudaFree, pointer))
         return pointer
 
-    def _new_context(self, context):
+    def _new_context(self, context, log):
         if context is None:
-            raise BackendUnavailable(f"{self.engine_info.path.name}: TensorRT could not create an execution context: {self._logger.first_error()}")
+            raise BackendUnavailable(f"{self.engine_info.file}: TensorRT could not create an execution context: {log.first_error()}")
         context.set_tensor_address(self._input, self._dev_in)
         context.set_tensor_address(self._output, self._dev_out)
         return context
@@ -198,7 +202,7 @@ class TensorRtBackend(Backend):
         if batch.dtype != self.input_dtype:
             raise ValueError(f"batch is {batch.dtype}; this engine's input is {self.input_dtype}")
         if self._stream is None:
-            raise ValueError("the tensorrt backend is closed")
+            raise BackendClosed("the tensorrt backend is closed")
         cudart, stream = self._cudart, self._stream
         _check(cudart, cudart.cudaSetDevice(self._device))  # per thread: run() is called from the dispatcher's
         if batch.ctypes.data != self._host_in.ctypes.data:  # not stacked in input_buffer()
@@ -226,7 +230,9 @@ class TensorRtBackend(Backend):
     def _first_run(self, n: int) -> None:
         """A new batch size: its own context, one normal run (this batch's result), then a capture."""
         trt = self._trt
-        context = self._new_context(self._engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED))
+        with self._logger.capture() as log:
+            context = self._engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+        context = self._new_context(context, log)
         context.set_device_memory(self._scratch, self._engine.device_memory_size_v2)
         self._set_shape(context, n)
         self._contexts[n] = context
@@ -243,13 +249,14 @@ class TensorRtBackend(Backend):
             return None
         _check(cudart, cudart.cudaStreamBeginCapture(stream, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal))
         try:
-            captured = context.execute_async_v3(int(stream))
+            with self._logger.capture() as log:
+                captured = context.execute_async_v3(int(stream))
         finally:
             err, graph = cudart.cudaStreamEndCapture(stream)
         if not captured or err != cudart.cudaError_t.cudaSuccess:
             if err == cudart.cudaError_t.cudaSuccess:
                 cudart.cudaGraphDestroy(graph)
-            self.graph_failures[n] = _error_text(cudart, err) if captured else self._logger.first_error()
+            self.graph_failures[n] = _error_text(cudart, err) if captured else log.first_error()
             return None
         try:
             return _check(cudart, cudart.cudaGraphInstantiate(graph, 0))
@@ -257,12 +264,16 @@ class TensorRtBackend(Backend):
             cudart.cudaGraphDestroy(graph)
 
     def _set_shape(self, context, n: int) -> None:
-        if not context.set_input_shape(self._input, (n, *self.clip_shape)):
-            raise ValueError(f"the engine refused batch {n}: {self._logger.first_error()}")
+        with self._logger.capture() as log:
+            accepted = context.set_input_shape(self._input, (n, *self.clip_shape))
+        if not accepted:
+            raise ValueError(f"the engine refused batch {n}: {log.first_error()}")
 
     def _execute(self, context) -> None:
-        if not context.execute_async_v3(int(self._stream)):
-            raise RuntimeError(f"TensorRT execution failed: {self._logger.first_error()}")
+        with self._logger.capture() as log:
+            ran = context.execute_async_v3(int(self._stream))
+        if not ran:
+            raise RuntimeError(f"TensorRT execution failed: {log.first_error()}")
 
     # --- reports and cleanup ----------------------------------------------------------------
 
@@ -275,7 +286,7 @@ class TensorRtBackend(Backend):
         info = self.engine_info
         graphs = "TensorRT-RTX's per-shape CUDA graphs" if info.builder == "tensorrt-rtx" else "a CUDA graph per batch size"
         failures = "".join(f"; batch {n} without a graph: {why}" for n, why in sorted(self.graph_failures.items()))
-        return (f"tensorrt ({info.path.name}, {self._trt.__name__} {self._trt.__version__}, {self.sm}, "
+        return (f"tensorrt ({info.file}, {self._trt.__name__} {self._trt.__version__}, {self.sm}, "
                 f"{info.precision}, batch ≤ {self.max_batch}, {graphs}{failures})")
 
     def close(self) -> None:
@@ -293,24 +304,6 @@ class TensorRtBackend(Backend):
         if self._stream is not None:
             cudart.cudaStreamDestroy(self._stream)
             self._stream = None
-
-
-def _error_logger(trt):
-    """A TensorRT logger that keeps the errors, so a refusal can say why in its one line."""
-
-    class ErrorLogger(trt.ILogger):
-        def __init__(self):
-            trt.ILogger.__init__(self)
-            self.errors = []
-
-        def log(self, severity, msg):
-            if severity in (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR):
-                self.errors.append(msg)
-
-        def first_error(self) -> str:
-            return self.errors[0] if self.errors else "no error message from TensorRT"
-
-    return ErrorLogger()
 
 
 def _check(cudart, result):

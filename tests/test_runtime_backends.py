@@ -14,7 +14,9 @@ import sys
 import numpy as np
 import pytest
 
-from export.trt import BuildRequest, NoBuilderError, build_bundle, local_gpu_sm
+from export.builder import import_builder, resolve_targets
+from export.trt import BuildRequest, NoBuilderError, build_bundle
+from runtime.gpu import local_gpu_sm
 from models.demo_checkpoint import write_demo_checkpoint
 from runtime.backends import BackendUnavailable, OnnxRuntimeBackend, open_backend
 from runtime.demo_videos import write_face_video
@@ -94,12 +96,12 @@ def test_cli_with_backend_tensorrt_exits_with_the_reason(rtx_bundle, tmp_path):
 def test_an_engine_for_another_gpu_is_named(rtx_bundle):
     source = load_model_source(rtx_bundle)
     with pytest.raises(BackendUnavailable) as caught:
-        choose_engine(source, "sm_87")
+        choose_engine(source.bundle, "sm_87")
     message = str(caught.value)
     assert "has no engine for this GPU (sm_87)" in message
     assert "model.tensorrt-rtx.sm_80-86-89-120.fp16.engine (sm_80, sm_86, sm_89, sm_120)" in message
     assert "--builder tensorrt" in message
-    engine, module = choose_engine(source, "sm_86")
+    engine, module = choose_engine(source.bundle, "sm_86")
     assert engine.builder == "tensorrt-rtx" and module.__name__ == "tensorrt_rtx"
 
 
@@ -119,7 +121,7 @@ def test_missing_packages_are_named(rtx_bundle):
     assert "pip install cuda-bindings" in no_cuda.stderr
     no_trt = run_hiding(("tensorrt", "tensorrt_rtx"), (
         "from runtime.trt_backend import choose_engine\nfrom runtime.model import load_model_source\n"
-        f"choose_engine(load_model_source({str(rtx_bundle)!r}), 'sm_86')\n"
+        f"choose_engine(load_model_source({str(rtx_bundle)!r}).bundle, 'sm_86')\n"
     ))
     assert no_trt.returncode == 1 and "no TensorRT runtime for this GPU's engines" in no_trt.stderr
     assert "needs tensorrt_rtx" in no_trt.stderr and "pip install tensorrt-rtx-cu13" in no_trt.stderr
@@ -147,7 +149,11 @@ def test_backends_load_gpu_modules_only_when_opened():
 
 @pytest.fixture(scope="module")
 def gpu_bundle(checkpoint, tmp_path_factory):
-    """An engine built here for this GPU: TensorRT when installed, else TensorRT-RTX for this sm."""
+    """An engine built here for this GPU: TensorRT when installed, else TensorRT-RTX for this sm.
+
+    Skips only where the engine cannot be made here: no GPU, no cuda-python, no builder, or a
+    builder that cannot target this GPU (each asked on its own, before the build). Whatever the
+    build itself raises (BundleError, CheckpointError, BuildError...) is a failure."""
     if GPU_SM is None:
         pytest.skip("no NVIDIA GPU here (libcuda.so.1 not found or no device): engine runs need one")
     try:
@@ -160,11 +166,16 @@ def gpu_bundle(checkpoint, tmp_path_factory):
         builder, targets = "tensorrt", ()
     except ImportError:
         builder, targets = "tensorrt-rtx", (GPU_SM,)
-    output = tmp_path_factory.mktemp("gpu") / "small.dfer"
     try:
-        build_bundle(BuildRequest(checkpoint, output, "fp16", 4, 2, builder, targets=targets, verify=False), out=lambda line: None)
-    except (ValueError, NoBuilderError) as err:
-        pytest.skip(f"no engine can be built for this GPU ({GPU_SM}) here: {err}")
+        trt, builder_name = import_builder(builder)
+    except NoBuilderError as err:
+        pytest.skip(f"no engine builder here: {err}")
+    try:
+        resolve_targets(trt, builder_name, targets)
+    except ValueError as err:  # resolve_targets' one refusal: this builder cannot target this GPU
+        pytest.skip(f"{builder_name} cannot build for this GPU ({GPU_SM}): {err}")
+    output = tmp_path_factory.mktemp("gpu") / "small.dfer"
+    build_bundle(BuildRequest(checkpoint, output, "fp16", 4, 2, builder, targets=targets, verify=False), out=lambda line: None)
     return output
 
 

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,13 +22,15 @@ import pytest
 from onnx import helper, numpy_helper
 
 from runtime.api import Runtime, RuntimeOptions
-from runtime.backends import open_backend
-from runtime.batcher import Batcher
+from runtime.backends import BackendClosed, open_backend
+from runtime.batcher import Batcher, QueuePolicy
 from runtime.clips import ClipBuffer, clip_count
 from runtime.faces import IouTracker, Resizer, check_boxes, square_crop
-from runtime.model import load_model_source, read_onnx_metadata
-from runtime.records import Clip, EventKind
-from runtime.sources import FrameClock, SourceOptions
+from runtime.ledger import ClipLedger
+from runtime.metadata import read_onnx_metadata
+from runtime.model import load_model_source
+from runtime.records import Clip, EventKind, IllegalTransition, RejectedFrame, StreamState
+from runtime.sources import FrameClock, PushSource, SourceOptions
 from runtime.streams import StreamOptions
 
 LABELS = ("happy", "sad", "neutral", "angry", "surprise", "disgust", "fear")
@@ -181,6 +184,73 @@ def test_batcher_drops_oldest_of_the_full_stream_only():
     assert sorted((c.stream_id, c.index) for c in batcher.next_batch()) == [("a", 3), ("a", 4), ("b", 0)]
 
 
+def put_in_thread(batcher: Batcher, item: Clip) -> threading.Thread:
+    thread = threading.Thread(target=batcher.put, args=(item,), daemon=True)
+    thread.start()
+    return thread
+
+
+def test_batcher_block_waits_for_room_and_never_drops():
+    batcher = Batcher(max_batch=1, max_delay_s=0.0, queue_per_stream=2)
+    batcher.open_stream("file", QueuePolicy.BLOCK)
+    assert batcher.put(clip("file", 0)) is None and batcher.put(clip("file", 1)) is None
+    third = put_in_thread(batcher, clip("file", 2))
+    third.join(0.2)
+    assert third.is_alive() and batcher.waiting == 2  # waiting for room, nothing dropped
+    assert [c.index for c in batcher.next_batch()] == [0]
+    third.join(5)
+    assert not third.is_alive() and batcher.waiting == 2 and not batcher.dropped
+    assert [c.index for c in batcher.next_batch() + batcher.next_batch()] == [1, 2]
+
+
+@pytest.mark.parametrize("unblock", ["release", "close"])
+def test_batcher_block_is_undone_by_release_and_close(unblock):
+    batcher = Batcher(max_batch=8, max_delay_s=30.0, queue_per_stream=1)
+    batcher.open_stream("file", QueuePolicy.BLOCK)
+    batcher.put(clip("file", 0))
+    blocked = put_in_thread(batcher, clip("file", 1))
+    blocked.join(0.2)
+    assert blocked.is_alive()
+    getattr(batcher, unblock)("file") if unblock == "release" else batcher.close()
+    blocked.join(5)
+    assert not blocked.is_alive()
+    if unblock == "release":  # queued beyond the limit: the stopping source's last clips are kept
+        assert batcher.put(clip("file", 2)) is None and batcher.waiting == 3 and not batcher.dropped
+    else:  # closing: the late clip is dropped (and handed back to be counted)
+        assert dict(batcher.dropped) == {"file": 1}
+
+
+# --- stream states and the clip ledger ------------------------------------------------------
+
+
+def test_stream_states_move_only_from_running():
+    finals = [s for s in StreamState if s is not StreamState.RUNNING]
+    assert [StreamState.RUNNING.to(s) for s in finals] == finals
+    for final in finals:
+        for other in StreamState:
+            with pytest.raises(IllegalTransition, match=f"a {final} stream cannot become {other}"):
+                final.to(other)
+    with pytest.raises(IllegalTransition):
+        StreamState.RUNNING.to(StreamState.RUNNING)
+    assert StreamState.FAILED == "failed" and f"{StreamState.REMOVED:<8}|" == "removed |"  # read as the old strings
+
+
+def test_ledger_ends_a_track_before_its_last_clip_is_counted():
+    seen = []
+    ledger = ClipLedger(on_track_end=lambda stream_id, track: seen.append((stream_id, track, ledger.counts("a"))))
+    ledger.open_stream("a")
+    first, second = clip("a", 0), clip("a", 1)
+    ledger.clip_ready(first)
+    ledger.clip_ready(second)
+    ledger.end_track("a", 0)
+    ledger.delivered(first)
+    assert seen == [] and not ledger.wait_settled(deadline=time.perf_counter())
+    ledger.dropped(second)
+    ((stream_id, track, counts),) = seen
+    assert (stream_id, track, counts.clips_ready, counts.results, counts.clips_dropped) == ("a", 0, 2, 1, 0)
+    assert ledger.wait_settled(deadline=time.perf_counter()) and ledger.counts("a").settled
+
+
 # --- faces ---------------------------------------------------------------------------------
 
 
@@ -257,6 +327,13 @@ def test_backend_names_and_providers_are_checked(tiny):
     assert backend.run(np.zeros((3, 3, 4, 8, 8), np.float32)).shape == (3, 7)
 
 
+def test_a_closed_backend_says_so(tiny):
+    backend = open_backend(load_model_source(tiny), "onnxruntime")
+    backend.close()
+    with pytest.raises(BackendClosed, match="^the onnxruntime backend is closed$"):
+        backend.run(np.zeros((1, 3, 4, 8, 8), np.float32))
+
+
 def test_options_are_validated():
     with pytest.raises(ValueError, match="face mode"):
         StreamOptions(faces="haar")
@@ -315,6 +392,46 @@ def test_bad_pushed_frames_are_rejected_with_causes_and_the_stream_goes_on(tiny)
     assert "does not follow" in rejected[3] and "takes no boxes" in rejected[4]
     expected = clip_count(16, 4, 2, 4)
     assert sum(r.stream_id == "cam" for r in results) == sum(r.stream_id == "other" for r in results) == expected
+
+
+def test_a_rejected_frame_leaves_the_clock_and_size_as_they_were(tiny):
+    """Refused by the face stage (boxes that do not fit), then pushed again, corrected, at the
+    same time: taken, with no frame counted lost, and every clip there."""
+    runtime, results, events = collect(tiny)
+    frames = np.random.default_rng(3).integers(0, 256, (16, 8, 8, 3), dtype=np.uint8)
+    with runtime:
+        full = runtime.add_push_stream(fps=10, stream_id="full")
+        boxed = runtime.add_push_stream(fps=10, stream_id="boxed", options=StreamOptions(faces="boxes"))
+        assert not runtime.push_frame(full, frames[0][:6], 0.0, boxes=[[0, 0, 4, 4]])  # first frame: size not fixed
+        for t, frame in enumerate(frames):
+            if t in (0, 5, 9):
+                assert not runtime.push_frame(full, frame, t / 10, boxes=[[0, 0, 4, 4]])
+                assert not runtime.push_frame(boxed, frame, t / 10, boxes=[[20, 20, 30, 30]])  # outside 8×8
+            assert runtime.push_frame(full, frame, t / 10)
+            assert runtime.push_frame(boxed, frame, t / 10, boxes=[[0, 0, 8, 8]])
+    stats = runtime.stats()
+    assert sum(e.kind is EventKind.REJECTED_FRAME for e in events) == 7
+    for name in ("full", "boxed"):
+        assert (stats[name].frames, stats[name].frames_lost) == (16, 0), name
+        assert sum(r.stream_id == name for r in results) == clip_count(16, 4, 2, 4), name
+
+
+def test_only_a_rejection_is_a_rejected_frame():
+    """A pipeline error that is not a RejectedFrame is a bug: raised to the host, no event."""
+    events, errors = [], iter([RejectedFrame("boxes do not fit"), ValueError("a bug in the pipeline")])
+
+    def on_frame(frame, boxes):
+        error = next(errors, None)
+        if error is not None:
+            raise error
+
+    source = PushSource(10, None, on_frame, lambda kind, cause: events.append((kind, cause)))
+    frame = np.zeros((8, 8, 3), np.uint8)
+    assert not source.push(frame, 0.0)
+    with pytest.raises(ValueError, match="a bug in the pipeline"):
+        source.push(frame, 0.0)
+    assert events == [(EventKind.REJECTED_FRAME, "frame at 0.0 s rejected: boxes do not fit")]
+    assert source.push(frame, 0.0) and source.push(frame, 0.1) and source.clock.lost == 0
 
 
 def test_time_gap_discards_the_partial_clip(tiny):

@@ -25,14 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.numeric import softmax
+
 from .labels import ABAW_BASIC
 
 _KEYS = ("models", "head_weights", "head_combine")
-
-
-def softmax(x: np.ndarray, axis: int) -> np.ndarray:
-    shifted = np.exp(x - x.max(axis=axis, keepdims=True))
-    return shifted / shifted.sum(axis=axis, keepdims=True)
 
 
 @dataclass(frozen=True, eq=False)
@@ -84,7 +81,7 @@ class MHPF:
         try:
             data = json.loads(Path(path).read_text())
         except (OSError, json.JSONDecodeError) as err:
-            raise ValueError(f"cannot read MHPF weights {path}: {err}") from None
+            raise ValueError(f"cannot read MHPF weights {path}: {err}") from err
         if not isinstance(data, dict):
             raise ValueError(f"MHPF weights {path}: expected a JSON object with keys {', '.join(_KEYS)}")
         return cls.from_dict(data)
@@ -113,8 +110,8 @@ class MHPF:
 def _array(name: str, values) -> np.ndarray:
     try:
         array = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"MHPF weights: {name} is not a rectangular array of numbers") from None
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"MHPF weights: {name} is not a rectangular array of numbers") from err
     if not np.all(np.isfinite(array)):
         raise ValueError(f"MHPF weights: {name} holds non-finite values")
     return array

@@ -78,7 +78,7 @@ def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
         with open(path, newline="") as file:
             rows = list(csv.reader(file))
     except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise ValueError(f"cannot read {path}: {getattr(err, 'strerror', None) or err}") from None
+        raise ValueError(f"cannot read {path}: {getattr(err, 'strerror', None) or err}") from err
     while rows and not rows[-1]:
         rows.pop()
     blank = next((i for i, row in enumerate(rows) if not row), None)
@@ -97,8 +97,8 @@ def _float_matrix(rows: list[list[str]], columns: list[int], header: list[str], 
         for c, col in enumerate(columns):
             try:
                 out[r, c] = float(row[col])
-            except ValueError:
-                raise ValueError(f"{path} line {r + 2}: {header[col]} = {row[col]!r} is not a number") from None
+            except ValueError as err:
+                raise ValueError(f"{path} line {r + 2}: {header[col]} = {row[col]!r} is not a number") from err
     if not np.all(np.isfinite(out)):
         raise ValueError(f"{path}: score columns hold non-finite values")
     return out
@@ -166,7 +166,7 @@ def read_predictions(path: Path, fps: float | None, weights: Path | None = None,
             try:
                 frames = frames_from_windows(scores[index], [tuple(s) for s in spans[index]], fps)
             except ValueError as err:
-                raise ValueError(f"{path}, video {video}: {err}") from None
+                raise ValueError(f"{path}, video {video}: {err}") from err
             numbers = np.arange(1, len(frames) + 1)
             videos[video] = (numbers, frames, [f"{video}/{n:05d}.jpg" for n in numbers])
         return videos, {"input": "windows", "fusion": fusion}
