@@ -16,11 +16,15 @@ import pytest
 import torch
 
 import models
-from export.onnx import export_onnx, generated_clips, onnx_session
+from export.onnx import export_onnx
+from export.verify import generated_clips
+from runtime.backends import onnx_session
 from models.demo_checkpoint import write_demo_checkpoint
 
 THREADS = int(os.environ.get("DFER_BENCH_THREADS", os.cpu_count() or 1))
-CASES = [(family, batch, backend) for family in ("ifdd", "s4d") for batch in (1, 4) for backend in ("pytorch", "onnxruntime")]
+CASES = [
+    (family, batch, backend) for family in ("ifdd", "s4d") for batch in (1, 4) for backend in ("pytorch", "onnxruntime")
+]
 _medians: dict[tuple[str, int, str], float] = {}
 
 
@@ -57,7 +61,9 @@ def test_forward_latency(benchmark, prepared, family, batch, backend):
             return session.run(["logits"], {"clip": clips})[0]
 
     benchmark.group = f"{family} batch {batch}"
-    benchmark.extra_info.update(threads=THREADS, cpu=platform.processor() or platform.machine(), torch=torch.__version__)
+    benchmark.extra_info.update(
+        threads=THREADS, cpu=platform.processor() or platform.machine(), torch=torch.__version__
+    )
     logits = benchmark.pedantic(run, rounds=5, warmup_rounds=1, iterations=1)
     assert np.isfinite(logits).all() and logits.shape == (batch, loaded.spec.num_classes)
     median = benchmark.stats.stats.median

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from runtime.backends import onnx_session
+from runtime.numeric import softmax
+
 
 def accuracy_cost(reference_path, quantized_path, clips: np.ndarray, labels: tuple[str, ...], batch: int = 2) -> dict:
     """top-1 agreement, max |Δprob|, mean KL(fp32 ‖ quantised) in nats, and top-1 agreement per
     class the fp32 model predicted (so a class the quantised model loses shows up)."""
-    from export.onnx import onnx_session
-
     if not len(clips):
         raise ValueError("the accuracy cost needs at least one held-out clip")
     reference = _probabilities(onnx_session(reference_path), clips, batch)
@@ -35,8 +36,6 @@ def accuracy_cost(reference_path, quantized_path, clips: np.ndarray, labels: tup
 
 def _probabilities(session, clips: np.ndarray, batch: int) -> np.ndarray:
     """Softmax in float64 of the session's logits, so log() of small probabilities stays finite."""
-    from export.onnx import softmax
-
     name = session.get_inputs()[0].name
     logits = np.concatenate([session.run(None, {name: clips[i : i + batch].astype(np.float32)})[0] for i in range(0, len(clips), batch)])
     return softmax(logits.astype(np.float64))

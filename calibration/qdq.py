@@ -24,10 +24,14 @@ import logging
 import tempfile
 import time
 from collections import Counter
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from runtime.bundle import PRECISIONS
+from runtime.metadata import DferMetadata, write_props
 
 QUANTIZED_OPS = ("MatMul", "Conv", "Gemm")
 FLOAT_OPS = ("LayerNormalization", "Softmax")  # and every dfer node: never fed a DQ output
@@ -49,6 +53,8 @@ SCHEMES = {
     # deviation of each tensor, matched to E4M3's own spread), and refuses MinMax for it.
     "fp8": Scheme("QFLOAT8E4M3FN", "Distribution", 19, "fp8 E4M3, per-channel weights, per-tensor activations, distribution-matched scales"),
 }
+if not set(SCHEMES) <= set(PRECISIONS):  # keyed by the bundle's precision names (export.precision says which are quantised)
+    raise RuntimeError(f"calibration SCHEMES {sorted(SCHEMES)} are not all bundle precisions {PRECISIONS}")
 
 
 class ClipReader:
@@ -190,23 +196,24 @@ def raise_opset(proto, version: int) -> None:
 
 
 def _set_precision(proto, precision: str) -> None:
-    """dfer.precision says int8/fp8, so export.trt and the bundle know the file is a QDQ export."""
-    for entry in proto.metadata_props:
-        if entry.key == "dfer.precision":
-            entry.value = precision
-            return
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = "dfer.precision", precision
+    """The metadata's precision says int8/fp8, so export.trt and the bundle know the file is a QDQ export."""
+    metadata = DferMetadata.from_props({p.key: p.value for p in proto.metadata_props}, "the fp32 ONNX")
+    write_props(proto, dataclasses.replace(metadata, precision=precision))
 
 
 @contextlib.contextmanager
 def _quiet():
     """onnxruntime.quantization warns on the root logger that the model was not 'pre-processed'
     (its optional shape-inference/optimisation pass, which would rename our nodes), and its
-    Distribution calibrator prints progress to stdout; the CLI prints its own summary."""
-    logging.disable(logging.WARNING)
+    Distribution calibrator prints progress to stdout; the CLI prints its own summary. Scoped to
+    one call: the logging disable level and the root logger's handlers (logging.warning() adds
+    one through basicConfig when there is none) are as they were afterwards."""
+    disabled, handlers = logging.root.manager.disable, list(logging.root.handlers)
+    logging.disable(max(disabled, logging.WARNING))
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             yield
     finally:
-        logging.disable(logging.NOTSET)
+        logging.disable(disabled)
+        for handler in [h for h in logging.root.handlers if h not in handlers]:
+            logging.root.removeHandler(handler)

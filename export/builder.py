@@ -11,7 +11,6 @@ export.trt turns a checkpoint or ONNX file into a bundle around ``build_engine``
 
 from __future__ import annotations
 
-import ctypes
 import importlib
 import json
 import re
@@ -21,6 +20,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runtime.gpu import local_gpu_sm, tensorrt_logger
+
 BUILDER_MODULES = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
 INSTALL_HINT = (
     "no TensorRT builder is installed: pip install tensorrt-cu12 or tensorrt-cu13 (data-centre GPUs), "
@@ -29,7 +30,6 @@ INSTALL_HINT = (
 # TensorRT-RTX's default portable set (its docs): Ampere, Ada and Blackwell RTX GPUs.
 RTX_DEFAULT_TARGETS = ("sm_80", "sm_86", "sm_89", "sm_120")
 DEVICE_NAMES = {"sm_72": "Jetson Xavier", "sm_87": "Jetson Orin", "sm_90": "H100/H200", "sm_100": "B200"}
-FP8_MIN_SM = 89  # Ada, Hopper, Blackwell
 
 class NoBuilderError(RuntimeError):
     """No TensorRT builder could be imported; the message says what to install."""
@@ -63,20 +63,6 @@ def import_builder(name: str):
     raise NoBuilderError(INSTALL_HINT if name == "auto" else f"{name} is not importable ({reasons[0]}); {INSTALL_HINT}")
 
 
-def local_gpu_sm() -> str | None:
-    """Compute capability of CUDA device 0 as 'sm_XY', from the driver; None without a GPU."""
-    try:
-        cuda = ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return None
-    device, major, minor = ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
-    if cuda.cuInit(0) != 0 or cuda.cuDeviceGet(ctypes.byref(device), 0) != 0:
-        return None
-    cuda.cuDeviceGetAttribute(ctypes.byref(major), 75, device)  # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR
-    cuda.cuDeviceGetAttribute(ctypes.byref(minor), 76, device)  # ..._MINOR
-    return f"sm_{major.value}{minor.value}"
-
-
 def resolve_targets(trt, builder: str, requested: tuple[str, ...]) -> tuple[str, ...]:
     """The GPUs the engine is built for, or ValueError saying which builder can build them."""
     if builder == "tensorrt":
@@ -103,7 +89,6 @@ def resolve_targets(trt, builder: str, requested: tuple[str, ...]) -> tuple[str,
 # ----------------------------------------------------------------------------------------------
 # One engine build
 
-_LOGGERS: dict = {}
 _LAYER_LINE = re.compile(
     r"^Name: (?P<name>.*?), LayerType: (?P<type>[^,]*), Inputs: \[.*\], Constants: \[.*\], "
     r"Outputs: \[(?P<outputs>.*)\], TacticName: (?P<tactic>[^,]*), StreamId: \d+, Metadata: (?P<meta>.*)$"
@@ -124,27 +109,14 @@ class BuiltEngine:
     log: list = field(repr=False)
 
 
-def _logger(trt):
-    """One capturing logger per builder module: TensorRT keeps the first logger it is given."""
-    if trt.__name__ not in _LOGGERS:
-
-        class CapturingLogger(trt.ILogger):
-            def __init__(self):
-                trt.ILogger.__init__(self)
-                self.records = []
-
-            def log(self, severity, msg):
-                self.records.append((severity, msg))
-
-        _LOGGERS[trt.__name__] = CapturingLogger()
-    logger = _LOGGERS[trt.__name__]
-    logger.records = []
-    return logger
-
-
 def build_engine(trt, builder_name: str, onnx_path: Path, request, targets, custom_ops, progress) -> BuiltEngine:
     """Parse strongly typed, one batch profile (1, opt, max), build; measure time and memory."""
-    logger = _logger(trt)
+    logger = tensorrt_logger(trt)
+    with logger.capture() as log:
+        return _build(trt, builder_name, logger, log, onnx_path, request, targets, custom_ops, progress)
+
+
+def _build(trt, builder_name: str, logger, log, onnx_path: Path, request, targets, custom_ops, progress) -> BuiltEngine:
     plugin_notes = register_plugins(trt, custom_ops, request.plugins)
     started = time.perf_counter()
     builder = trt.Builder(logger)
@@ -152,7 +124,7 @@ def build_engine(trt, builder_name: str, onnx_path: Path, request, targets, cust
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = [f"{e.desc()} (node {e.node_name() or e.node()}, {e.node_operator()})" for e in map(parser.get_error, range(parser.num_errors))]
-        raise BuildError(f"{builder_name} could not parse {onnx_path.name}: {'; '.join(errors[:3]) or _first_error(trt, logger)}")
+        raise BuildError(f"{builder_name} could not parse {onnx_path.name}: {'; '.join(errors[:3]) or log.first_error()}")
     parse_seconds = time.perf_counter() - started
     network_report = network_summary(trt, network)
     plugins = {op: "plugin" if note == "registered" and network_report["plugin_layers"] else "inlined" for op, note in plugin_notes.items()}
@@ -164,12 +136,12 @@ def build_engine(trt, builder_name: str, onnx_path: Path, request, targets, cust
         data = builder.build_serialized_network(network, config)
         build_seconds = time.perf_counter() - started
     if data is None:
-        raise BuildError(f"{builder_name} failed to build {onnx_path.name}: {_first_error(trt, logger)}")
+        raise BuildError(f"{builder_name} failed to build {onnx_path.name}: {log.first_error()}")
     if request.timing_cache is not None:
         request.timing_cache.write_bytes(bytes(memoryview(config.get_timing_cache().serialize())))
     report = {"builder": f"{builder_name} {trt.__version__}", "network": network_report, "plugin_notes": plugin_notes}
-    report["engine"] = engine_layers(trt, data, logger)
-    return BuiltEngine(data, targets, parse_seconds, build_seconds, memory.peak_mib, memory.increase_mib, memory.scope, report, plugins, logger.records)
+    report["engine"] = engine_layers(trt, data, logger, log)
+    return BuiltEngine(data, targets, parse_seconds, build_seconds, memory.peak_mib, memory.increase_mib, memory.scope, report, plugins, list(log.records))
 
 
 def _builder_config(trt, builder_name: str, builder, network, request, targets):
@@ -222,12 +194,6 @@ def register_plugins(trt, custom_ops: tuple[str, ...], enabled: bool) -> dict[st
     return notes
 
 
-def _first_error(trt, logger) -> str:
-    serious = (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR)
-    errors = [msg for severity, msg in logger.records if severity in serious]
-    return errors[0] if errors else "no error message from the builder"
-
-
 def network_summary(trt, network) -> dict:
     """The parsed network before optimisation: layer types, output dtypes, plugin layers."""
     layers = [network.get_layer(i) for i in range(network.num_layers)]
@@ -240,7 +206,7 @@ def network_summary(trt, network) -> dict:
     }
 
 
-def engine_layers(trt, data, logger) -> dict:
+def engine_layers(trt, data, logger, log) -> dict:
     """The built engine's layers: from the engine inspector where the engine deserialises here,
     else from the builder's DETAILED layer log (TensorRT-RTX on a machine without its GPU)."""
     if local_gpu_sm() is not None:
@@ -249,7 +215,7 @@ def engine_layers(trt, data, logger) -> dict:
             info = json.loads(engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON))
             layers = [_inspector_layer(layer) for layer in info.get("Layers", [])]
             return _layer_table("engine inspector (LayerInformationFormat.JSON)", layers)
-    blocks = [msg for _, msg in logger.records if msg.startswith("Layers:")]
+    blocks = [msg for _, msg in log.records if msg.startswith("Layers:")]
     if not blocks:
         return _layer_table("none: the engine does not deserialise here and the builder logged no layers", [])
     layers = []

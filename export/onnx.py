@@ -1,6 +1,7 @@
 """Checkpoint → ONNX with dfer custom ops, checked and verified in ONNX Runtime.
 
     python -m export.onnx model.pth -o model.onnx [--no-custom-ops] [--precision fp16]
+    python -m export.onnx model.pth --check model.onnx     # verify an existing export, write nothing
 
 The graph has a dynamic batch axis and fixed T/H/W. The hot spots (IFDD's lifting split,
 S4D's gated expert MLP) become single ``dfer::`` nodes, each backed by a model-local ONNX
@@ -13,28 +14,33 @@ an fp16 copy of the model: fp16 input (the runtime casts the normalised clip, ha
 host-to-device copy), fp16 weights and activations, LayerNorms computed in fp32 (TensorRT keeps
 a strongly typed fp16 normalisation in fp16, where the variance can overflow), fp32 logits.
 Softmax stays fp16 so TensorRT can fuse attention; its kernels subtract the max first.
+
+After the export the file runs in ONNX Runtime against fp32 PyTorch on generated clips
+(export.verify). Exit status: 0 exported (and verified); 2 bad input, one line says which;
+4 verification failed: ONNX Runtime's logits or probabilities are further from PyTorch's than
+the precision's tolerance (export.precision), by the amounts the error line gives.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import logging
 import sys
 import time
+import warnings
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
+from export.precision import EXPORTS, PRECISIONS
 from kernels import ONNX_DOMAIN, ONNX_DOMAIN_VERSION
+from runtime.metadata import DferMetadata, read_metadata, write_props
 
 OPSET = 18
 INPUT_NAME = "clip"
 OUTPUT_NAME = "logits"
 MAX_BATCH = 1024
-# ONNX precision → the dtype of the graph's input (the logits are always fp32).
-PRECISIONS = {"fp32": "float32", "fp16": "float16"}
 # Ops TensorRT handles poorly or that imply data-dependent shapes; the export must avoid them.
 FORBIDDEN_OPS = ("GridSample", "ScatterND", "ScatterElements", "NonZero", "Loop", "If")
 
@@ -67,14 +73,14 @@ def export_onnx(
 
     from kernels import onnx_custom_ops
 
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown ONNX precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision not in EXPORTS:
+        raise ValueError(f"unknown ONNX precision {precision!r}; choose one of {', '.join(EXPORTS)}")
     start = time.perf_counter()
     path = Path(path)
     model = loaded.model if precision == "fp32" else half_precision_copy(loaded.model)
-    example = torch.randn(loaded.spec.input_shape(2), dtype=getattr(torch, PRECISIONS[precision]))
+    example = torch.randn(loaded.spec.input_shape(2), dtype=getattr(torch, PRECISIONS[precision].input_dtype))
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
-    with onnx_custom_ops(custom_ops), torch.no_grad():
+    with onnx_custom_ops(custom_ops), torch.no_grad(), quiet_exporter():
         program = torch.onnx.export(
             model,
             (example,),
@@ -115,18 +121,6 @@ def half_precision_copy(model):
     return half
 
 
-def onnx_precision(path: str | Path) -> str:
-    """'fp32' or 'fp16': the precision of an exported file, read from its input's dtype."""
-    import onnx
-
-    proto = onnx.load(str(path), load_external_data=False)
-    elem = proto.graph.input[0].type.tensor_type.elem_type
-    names = {onnx.TensorProto.FLOAT: "fp32", onnx.TensorProto.FLOAT16: "fp16"}
-    if elem not in names:
-        raise ValueError(f"{path}: input {proto.graph.input[0].name!r} has dtype {onnx.TensorProto.DataType.Name(elem)}, expected FLOAT or FLOAT16")
-    return names[elem]
-
-
 def attach_custom_op_functions(proto) -> tuple[str, ...]:
     """Append the ONNX function of every dfer node in the graph and import the dfer opset."""
     import onnx
@@ -148,75 +142,17 @@ def attach_custom_op_functions(proto) -> tuple[str, ...]:
 
 
 def _set_metadata(proto, loaded, custom_ops: tuple[str, ...], precision: str) -> None:
-    values = {
-        "dfer.family": loaded.family,
-        "dfer.spec": loaded.spec.to_json(),
-        "dfer.config": json.dumps(loaded.config, sort_keys=True),
-        "dfer.checkpoint_sha256": loaded.checkpoint_sha256,
-        "dfer.untrained": json.dumps(loaded.untrained),
-        "dfer.custom_ops": json.dumps(list(custom_ops)),
-        "dfer.precision": precision,
-    }
+    metadata = DferMetadata(
+        spec=loaded.spec, family=loaded.family, untrained=loaded.untrained, config=loaded.config,
+        checkpoint_sha256=loaded.checkpoint_sha256, custom_ops=custom_ops, precision=precision,
+    )
     del proto.metadata_props[:]
-    for key, value in values.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-
-
-def read_metadata(path: str | Path) -> dict[str, str]:
-    """The dfer.* metadata of an exported file, without parsing its graph or weights."""
-    from runtime.model import read_onnx_metadata
-
-    return {key: value for key, value in read_onnx_metadata(path).items() if key.startswith("dfer.")}
+    write_props(proto, metadata)
 
 
 def op_census(proto) -> Counter:
     """Node count per op type in the main graph ("dfer::Op" for custom nodes)."""
     return Counter(n.op_type if not n.domain else f"{n.domain}::{n.op_type}" for n in proto.graph.node)
-
-
-def onnx_session(path: str | Path, threads: int | None = None):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only: fp16 graphs make ORT warn about constant folding
-    if threads:
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def generated_clips(spec, batch: int, seed: int = 0) -> np.ndarray:
-    """A batch of normalised model inputs made from generated face-like videos."""
-    from runtime.synthetic import synthetic_face_frames
-
-    clips = [spec.normalize(synthetic_face_frames(spec.frames, spec.height, spec.width, seed + i)) for i in range(batch)]
-    return np.stack(clips)
-
-
-def verify(loaded, path: str | Path, batch: int = 2) -> dict:
-    """Run fp32 PyTorch and ONNX Runtime (at the file's precision) on the same generated clips."""
-    import torch
-
-    clips = generated_clips(loaded.spec, batch)
-    with torch.no_grad():
-        expected = loaded.model(torch.from_numpy(clips)).numpy()
-    session = onnx_session(path)
-    fp16_input = session.get_inputs()[0].type == "tensor(float16)"
-    feed = clips.astype(np.float16 if fp16_input else np.float32)
-    actual = session.run([OUTPUT_NAME], {INPUT_NAME: feed})[0].astype(np.float32)
-    probabilities = softmax(actual)
-    return {
-        "max_abs_diff": float(np.abs(actual - expected).max()),
-        "max_prob_diff": float(np.abs(probabilities - softmax(expected)).max()),
-        "top1_agree": float((actual.argmax(1) == expected.argmax(1)).mean()),
-        "probabilities": probabilities,
-    }
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of (N, classes) logits, max subtracted first."""
-    e = np.exp(logits - logits.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -226,53 +162,72 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-custom-ops", action="store_true", help="export the plain graph, no dfer nodes")
     parser.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime comparison")
     parser.add_argument("--precision", default="fp32", help="graph precision: fp32 (default) or fp16")
+    parser.add_argument("--check", metavar="ONNX", help="verify this existing export against the checkpoint instead of exporting")
     args = parser.parse_args(argv)
-    quiet_exporter()
     from models import load
     from models.checkpoint import CheckpointError
 
-    output = Path(args.output or Path(args.checkpoint).with_suffix(".onnx"))
+    output = Path(args.check or args.output or Path(args.checkpoint).with_suffix(".onnx"))
     try:
         started = time.perf_counter()
         loaded = load(args.checkpoint)
         print(f"load     {time.perf_counter() - started:6.1f} s  {loaded.family} from {args.checkpoint}")
-        result = export_onnx(loaded, output, custom_ops=not args.no_custom_ops, precision=args.precision)
+        if args.check:
+            precision = read_metadata(output).precision
+        else:
+            precision = args.precision
+            _export_and_report(loaded, output, custom_ops=not args.no_custom_ops, precision=precision)
     except (CheckpointError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if args.no_verify and not args.check:
+        return 0
+    return _verify_and_report(loaded, output, precision)
+
+
+def _export_and_report(loaded, output: Path, custom_ops: bool, precision: str) -> None:
+    result = export_onnx(loaded, output, custom_ops=custom_ops, precision=precision)
     custom = ", ".join(f"{ONNX_DOMAIN}::{op}" for op in result.custom_ops) or "none"
     print(
-        f"export   {result.seconds:6.1f} s  {output} ({args.precision}, {result.size_bytes / 2**20:.1f} MiB, "
+        f"export   {result.seconds:6.1f} s  {output} ({precision}, {result.size_bytes / 2**20:.1f} MiB, "
         f"{sum(result.op_counts.values())} nodes, custom ops: {custom})"
     )
-    if not args.no_verify:
-        _print_verification(loaded, output)
-    return 0
 
 
-def quiet_exporter() -> None:
-    """Hide the exporter's chatter that says nothing about this model (torchvision ops absent)."""
-    import logging
-    import warnings
-
+@contextmanager
+def quiet_exporter():
+    """Hide the exporter's chatter that says nothing about this model (torchvision ops absent,
+    a pytree FutureWarning) for the duration of one export; the torch.onnx logger's level and
+    the warning filters are as they were afterwards."""
     import torch.onnx  # noqa: F401  (torch configures its loggers on import; override after)
 
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=FutureWarning, message=".*LeafSpec")
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, message=".*LeafSpec")
+        logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            logger.setLevel(level)
 
 
-def _print_verification(loaded, output: Path) -> None:
+def _verify_and_report(loaded, output: Path, precision: str) -> int:
+    """Print ONNX Runtime vs fp32 PyTorch and the predictions; 4 when they disagree."""
+    from export.verify import PYTORCH, against_pytorch
+
     started = time.perf_counter()
-    report = verify(loaded, output)
-    print(
-        f"verify   {time.perf_counter() - started:6.1f} s  ONNX Runtime vs PyTorch fp32 on generated clips: "
-        f"max |Δlogit| {report['max_abs_diff']:.2e}, max |Δprob| {report['max_prob_diff']:.2e}, "
-        f"top-1 agreement {report['top1_agree']:.0%}"
-    )
+    agreement, probabilities = against_pytorch(loaded, output, precision)
+    print(f"verify   {time.perf_counter() - started:6.1f} s  ONNX Runtime {precision} vs {PYTORCH} on generated clips: {agreement.summary()}")
     marker = "  (UNTRAINED demo weights: predictions are meaningless)" if loaded.untrained else ""
-    for i, probs in enumerate(report["probabilities"]):
+    for i, probs in enumerate(probabilities):
         best = int(probs.argmax())
         print(f"clip {i}: {loaded.spec.labels[best]} ({probs[best]:.2f}){marker}")
+    failure = agreement.failure(f"ONNX Runtime {precision} and {PYTORCH}")
+    if failure:
+        print(f"error: verification failed: {output}: {failure}", file=sys.stderr)
+        return 4
+    return 0
 
 
 if __name__ == "__main__":

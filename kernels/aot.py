@@ -149,7 +149,7 @@ def _compile_one(item) -> dict:
     try:
         compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
     except Exception as error:  # a compiler failure names the variant, not a 40-line MLIR trace
-        raise AotError(f"{v.name} for {target} did not compile: {str(error).splitlines()[0]}") from None
+        raise AotError(f"{v.name} for {target} did not compile: {str(error).splitlines()[0]}") from error
     meta = compiled.metadata
     for scratch in ("global_scratch_size", "profile_scratch_size"):
         if getattr(meta, scratch, 0):

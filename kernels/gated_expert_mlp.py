@@ -143,7 +143,7 @@ def _check_shapes(x, h, w1cat, b1cat, w2cat, b2cat, num_experts, top_k, expert_d
 # kernels.aot measures it (Triton 3.9): ≤ 96 KiB in fp16/bf16 and ≤ 144 KiB in fp32, so every
 # tile fits sm_87's 163 KiB and sm_90's 227 KiB. Common Ampere/Hopper fp16 tiles, not yet tuned
 # on a GPU.
-_GEMM_CONFIGS = [
+GEMM_CONFIGS = [
     ({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64}, 8, 3),
     ({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64}, 4, 4),
     ({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64}, 4, 4),
@@ -325,8 +325,25 @@ def _top_k_softmax(logits, experts, TOP_K: tl.constexpr):
     return weights / tl.sum(weights, axis=1)[:, None]
 
 
-_gemm1_kernel = autotune(_GEMM_CONFIGS, key=["rows", "dim", "width"])(_gemm1_kernel)
-_gemm2_kernel = autotune(_GEMM_CONFIGS, key=["rows", "dim", "hidden_width"])(_gemm2_kernel)
+_gemm1_kernel = autotune(GEMM_CONFIGS, key=["rows", "dim", "width"])(_gemm1_kernel)
+_gemm2_kernel = autotune(GEMM_CONFIGS, key=["rows", "dim", "hidden_width"])(_gemm2_kernel)
+
+
+def pin_gemm_tile(index: int | None) -> None:
+    """Let both GEMMs' autotuners choose only GEMM_CONFIGS[index] (None: all of them again).
+
+    A lent GPU has minutes, and autotuning compiles every tile of both GEMMs per dtype and
+    problem key: pinning one tile compiles one and benchmarks none (Triton runs a lone config
+    without timing it). Under the interpreter the launcher ignores the autotuner anyway.
+    """
+    for kernel in (_gemm1_kernel, _gemm2_kernel):
+        if not hasattr(kernel, "configs"):
+            raise RuntimeError(f"{kernel!r} is not a Triton autotuner: this Triton build cannot pin a tile")
+        every = _ALL_TILES.setdefault(kernel, list(kernel.configs))  # in GEMM_CONFIGS' order
+        kernel.configs = every if index is None else [every[index]]
+
+
+_ALL_TILES: dict = {}
 
 
 def aot_variants(dim: int = 768, ffn_width: int = 3072, num_experts: int = 8, expert_dim: int = 192, top_k: int = 2):
@@ -351,7 +368,7 @@ def aot_variants(dim: int = 768, ffn_width: int = 3072, num_experts: int = 8, ex
             kernels = [(_gemm2_kernel, gemm2_sig, params["gemm2"], sizes2, "routed" if routed else "fixed", "dim")]
             if routed:  # GEMM 1 is the same kernel in both modes, only its width differs
                 kernels.insert(0, (_gemm1_kernel, gemm1_sig, params["gemm1"], sizes1, "", "width"))
-            for tile, warps, stages in _GEMM_CONFIGS:
+            for tile, warps, stages in GEMM_CONFIGS:
                 tile_tag = "x".join(str(tile[k]) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
                 for kernel, signature, meta, sizes, tag, cols in kernels:
                     pointers = [name for name, kind in signature.items() if kind.startswith("*")]

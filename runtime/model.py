@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.bundle import Bundle
+from runtime.bundle import Bundle, BundleError
 from runtime.metadata import read_metadata
 from runtime.spec import ModelSpec
 
@@ -46,6 +46,10 @@ def load_model_source(path: str | Path) -> ModelSource:
     path = Path(path)
     if path.is_dir():
         bundle = Bundle.open(path)  # BundleError is a ValueError naming the file and field at fault
+        failed = (bundle.manifest.verification or {}).get("passed") is False
+        if failed:
+            raise BundleError(f"{path}: its export failed verification ({bundle.manifest.verification.get('failure')}); "
+                              f"it would give wrong answers: fix the export, then build the bundle again")
         return ModelSource(path=path, onnx_path=bundle.onnx_path, spec=bundle.spec, family=bundle.family,
                            untrained=bundle.untrained, bundle=bundle)
     if not path.is_file():

@@ -1,4 +1,5 @@
-"""The bundle format: real bundles open, every broken manifest names its field, no torch at load."""
+"""The bundle format: real bundles open, every broken manifest names its field, a file changed
+after export is refused, no torch at load."""
 
 from __future__ import annotations
 
@@ -9,14 +10,19 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 
-from export.bundle import Bundle, BundleError, engine_stem, validate_manifest, write_manifest
+from export.manifest import engine_stem, write_manifest
 from export.trt import BuildRequest, Progress, build_bundle, write_onnx_part
 from models import load, sha256_of
 from models.demo_checkpoint import write_demo_checkpoint
-from tests.test_loader import ROOT, SMALL_S4D
+from runtime.backends import open_backend
+from runtime.bundle import BatchProfile, Bundle, BundleError, validate_manifest
+from runtime.model import load_model_source
+from tests.test_export_onnx import change_weight
+from tests.test_loader import ROOT, SMALL_S4D, assert_one_line_error, run_cli
 from tests.test_trt import RTX_MISSING, needs_rtx
 
 
@@ -30,11 +36,14 @@ def checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def onnx_bundle(checkpoint, tmp_path_factory):
+def onnx_part(checkpoint, tmp_path_factory):
     """A bundle with its ONNX part only, as written without any TensorRT builder."""
-    output = tmp_path_factory.mktemp("onnx_only") / "small.dfer"
-    write_onnx_part(BuildRequest(checkpoint, output), Progress(_quiet))
-    return output
+    return write_onnx_part(BuildRequest(checkpoint, tmp_path_factory.mktemp("onnx_only") / "small.dfer"), Progress(_quiet))
+
+
+@pytest.fixture(scope="module")
+def onnx_bundle(onnx_part):
+    return onnx_part.output
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +53,8 @@ def engine_bundle(onnx_bundle, tmp_path_factory):
         pytest.skip(f"TensorRT-RTX builder not importable ({RTX_MISSING}); pip install tensorrt-rtx-cu13")
     output = tmp_path_factory.mktemp("with_engine") / "small.dfer"
     shutil.copytree(onnx_bundle, output)
-    build_bundle(BuildRequest(output / "model.onnx", output, max_batch=2, opt_batch=1, builder="tensorrt-rtx", verify=False), _quiet)
+    manifest = build_bundle(BuildRequest(output / "model.onnx", output, max_batch=2, opt_batch=1, builder="tensorrt-rtx", verify=False), _quiet)
+    assert manifest == Bundle.open(output).manifest  # build_bundle returns what it wrote
     return output
 
 
@@ -62,22 +72,28 @@ def _edit(path, change) -> None:
 
 def test_onnx_only_bundle_opens_with_its_spec(onnx_bundle, checkpoint):
     bundle = Bundle.open(onnx_bundle)
-    assert bundle.manifest["format_version"] == 1
+    assert bundle.manifest.format_version == 1
     assert bundle.spec == load(checkpoint).spec and bundle.family == "s4d" and bundle.untrained
-    assert bundle.manifest["model"]["checkpoint_sha256"] == sha256_of(checkpoint)
-    assert bundle.manifest["onnx"]["sha256"] == sha256_of(bundle.onnx_path)
-    assert (bundle.input_name, bundle.input_dtype, bundle.output_name) == ("clip", "float16", "logits")
-    assert bundle.manifest["input"]["shape"] == ["batch", 3, 16, 64, 64]
+    assert bundle.manifest.model.checkpoint_sha256 == sha256_of(checkpoint)
+    assert bundle.manifest.onnx.sha256 == sha256_of(bundle.onnx_path)
+    assert (bundle.manifest.input.name, bundle.input_dtype, bundle.manifest.outputs[0].name) == ("clip", "float16", "logits")
+    assert bundle.manifest.input.shape == ("batch", 3, 16, 64, 64)
     assert bundle.engines == () and bundle.engines_for("sm_86") == []
+
+
+def test_the_manifest_written_is_the_typed_one_built(onnx_part):
+    bundle = Bundle.open(onnx_part.output)
+    assert onnx_part.manifest == bundle.manifest and onnx_part.facts.onnx == bundle.manifest.onnx
+    assert onnx_part.facts.input == bundle.manifest.input and onnx_part.facts.metadata.spec == bundle.spec
 
 
 @needs_rtx
 def test_engine_bundle_lists_a_real_engine(engine_bundle):
     bundle = Bundle.open(engine_bundle)
     (engine,) = bundle.engines
-    assert engine.path.name == engine_stem("tensorrt-rtx", engine.gpu_sm, "fp16") + ".engine"
-    assert engine.path.stat().st_size == engine.size_bytes and engine.layer_report.is_file()
-    assert engine.batch_profile == (1, 1, 2) and engine.plugins == {"dfer::GatedExpertMLP": "inlined"}
+    assert engine.file == engine_stem("tensorrt-rtx", engine.gpu_sm, "fp16") + ".engine"
+    assert bundle.file(engine.file).stat().st_size == engine.size_bytes and bundle.file(engine.layer_report).is_file()
+    assert engine.batch_profile == BatchProfile(1, 1, 2) and engine.plugins == {"dfer::GatedExpertMLP": "inlined"}
     assert engine.runs_on("sm_89") and not engine.runs_on("sm_87")
     assert bundle.engines_for("sm_120") == [engine] and bundle.engines_for("sm_90") == []
     assert bundle.engines_for("sm_86", builder="tensorrt") == []
@@ -176,7 +192,7 @@ def test_bad_engine_values_are_named(engine_bundle):
 @needs_rtx
 def test_missing_files_are_named(engine_bundle, tmp_path):
     broken = _copy(engine_bundle, tmp_path)
-    report = Bundle.open(broken).engines[0].layer_report
+    report = broken / Bundle.open(broken).engines[0].layer_report
     report.unlink()
     with pytest.raises(BundleError, match=rf"engines\[0\]\.layer_report names {report.name}, which is missing"):
         Bundle.open(broken)
@@ -196,11 +212,28 @@ def test_not_a_bundle(tmp_path):
 def test_write_manifest_refuses_an_invalid_manifest(onnx_bundle, tmp_path):
     bundle = _copy(onnx_bundle, tmp_path)
     before = (bundle / "manifest.json").read_text()
-    manifest = json.loads(before)
-    del manifest["onnx"]["opset"]
-    with pytest.raises(BundleError, match="missing field onnx.opset"):
-        write_manifest(bundle, manifest)
+    manifest = Bundle.open(bundle).manifest
+    with pytest.raises(BundleError, match="onnx.precision is 'fp64'"):
+        write_manifest(bundle, replace(manifest, onnx=replace(manifest.onnx, precision="fp64")))
     assert (bundle / "manifest.json").read_text() == before
+
+
+def test_a_bundle_changed_after_export_is_refused(onnx_bundle, tmp_path):
+    """One weight of model.onnx changed, the file's size kept: the manifest still validates, but
+    the runtime refuses to run the file, with one line naming it."""
+    broken = _copy(onnx_bundle, tmp_path)
+    onnx_path = broken / "model.onnx"
+    size = onnx_path.stat().st_size
+    change_weight(onnx_path, "head.video.weight", lambda w: w.__setitem__((0, 0), w[0, 0] + 1))
+    assert onnx_path.stat().st_size == size and sha256_of(onnx_path) != Bundle.open(broken).manifest.onnx.sha256
+    source = load_model_source(broken)
+    with pytest.raises(BundleError) as refused:
+        open_backend(source, "onnxruntime")
+    message = str(refused.value)
+    assert message == f"{onnx_path} does not match the sha256 in manifest.json: the file was changed after export " \
+                      f"(rebuild the bundle with python -m export.trt)"
+    proc = run_cli("runtime", str(broken), "--stream", str(tmp_path / "video.mp4"))
+    assert_one_line_error(proc, f"error: {message}")
 
 
 @needs_rtx
@@ -210,8 +243,8 @@ def test_new_onnx_replaces_stale_engines(engine_bundle, tmp_path):
     other = write_demo_checkpoint("s4d", tmp_path / "other.pth", seed=9, config=SMALL_S4D)
     write_onnx_part(BuildRequest(other, bundle), Progress(_quiet))
     fresh = Bundle.open(bundle)
-    assert fresh.engines == () and not old.path.exists() and not old.layer_report.exists()
-    assert fresh.manifest["model"]["checkpoint_sha256"] == sha256_of(other)
+    assert fresh.engines == () and not (bundle / old.file).exists() and not (bundle / old.layer_report).exists()
+    assert fresh.manifest.model.checkpoint_sha256 == sha256_of(other)
 
 
 def test_engine_names_say_builder_gpu_and_precision():
@@ -224,7 +257,7 @@ def test_engine_names_say_builder_gpu_and_precision():
 def test_opening_a_bundle_imports_neither_torch_nor_onnx(onnx_bundle):
     code = (
         "import sys\n"
-        "from export.bundle import Bundle\n"
+        "from runtime.bundle import Bundle\n"
         f"bundle = Bundle.open({str(onnx_bundle)!r})\n"
         "print(bundle.spec.family, bundle.input_dtype, len(bundle.engines))\n"
         "print(sorted(m for m in ('torch', 'onnx', 'onnxscript') if m in sys.modules))\n"

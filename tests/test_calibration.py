@@ -8,6 +8,7 @@ fast; full-size IFDD/S4D int8/fp8 numbers are in the README, not measured here.
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 
 import av
@@ -17,10 +18,12 @@ import pytest
 from onnx import numpy_helper
 
 import models
-from calibration import accuracy_cost, calibration_clips, cut_clips, quantize
+from calibration import SCHEMES, accuracy_cost, calibration_clips, cut_clips, quantize
 from calibration.qdq import quantizable_nodes
-from export.bundle import Bundle
-from export.onnx import export_onnx, onnx_session
+from export.onnx import export_onnx
+from export.precision import PRECISIONS
+from runtime.backends import onnx_session
+from runtime.bundle import Bundle
 from models.demo_checkpoint import write_demo_checkpoint
 from runtime.clips import clip_count
 from runtime.demo_videos import write_face_video
@@ -125,6 +128,25 @@ def test_qdq_on_every_linear_layer_and_conv_and_none_on_float_layers(small, int8
     assert {p.key: p.value for p in proto.metadata_props}["dfer.precision"] == "int8"
 
 
+def test_schemes_are_keyed_by_the_quantised_precisions():
+    assert set(SCHEMES) == {name for name, precision in PRECISIONS.items() if precision.quantized}
+
+
+def test_quantize_restores_the_logging_state_it_found(small, int8, tmp_path):
+    """The quiet scope of one quantize() call: the disable level and root handlers set before it
+    (none: onnxruntime's logging.warning() would add one through basicConfig) are kept."""
+    _, _, fp32 = small
+    root, disabled, handlers = logging.getLogger(), logging.root.manager.disable, list(logging.root.handlers)
+    try:
+        logging.disable(logging.DEBUG)
+        root.handlers[:] = []
+        quantize(fp32, tmp_path / "again.onnx", int8[0].calibration.clips[:2], "int8")
+        assert logging.root.manager.disable == logging.DEBUG and root.handlers == []
+    finally:
+        logging.disable(disabled)
+        root.handlers[:] = handlers
+
+
 def test_int8_accuracy_cost_is_computed_and_small(small, int8):
     _, loaded, fp32 = small
     sets, result, _ = int8
@@ -152,12 +174,13 @@ def test_int8_bundle_is_calibrated_built_and_rebuilt_from_its_qdq_onnx(small, vi
     assert stages == ["load", "export", "clips", "quant", "cost", "parse", "build", "verify"]
     bundle = Bundle.open(output)
     (engine,) = bundle.engines
-    assert engine.path.name == "model.tensorrt-rtx.sm_80-86-89-120.int8.engine" and engine.precision == "int8"
-    manifest = bundle.manifest
+    assert engine.file == "model.tensorrt-rtx.sm_80-86-89-120.int8.engine" and engine.precision == "int8"
+    manifest = bundle.manifest.to_dict()
     assert manifest["onnx"]["precision"] == "int8" and bundle.input_dtype == "float32"
     assert manifest["calibration"]["clips"] == 6 and manifest["calibration"]["held_out_clips"] == 2
     assert manifest["accuracy"]["top1_agree"] == 1.0 and manifest["accuracy"]["max_prob_diff"] <= INT8_PROB_ATOL
-    report = json.loads(engine.layer_report.read_text())
+    assert manifest["verification"]["passed"] and manifest["verification"]["reference"] == "PyTorch fp32"
+    report = json.loads(bundle.file(engine.layer_report).read_text())
     assert report["network"]["by_type"]["QUANTIZE"] == manifest["calibration"]["activation_qdq"]
     assert report["engine"]["output_dtypes"].get("Int8", 0) > 0  # int8 kernels in the engine
     assert not list(output.glob("*.partial.onnx"))
@@ -165,8 +188,8 @@ def test_int8_bundle_is_calibrated_built_and_rebuilt_from_its_qdq_onnx(small, vi
     proc = run_cli("export.trt", str(output / "model.onnx"), "-o", str(output), "--target", "sm_86", "--max-batch", "2", "--no-verify")
     assert proc.returncode == 0, proc.stderr
     again = Bundle.open(output)
-    assert [e.path.name for e in again.engines][-1] == "model.tensorrt-rtx.sm_86.int8.engine"
-    assert again.manifest["calibration"] == manifest["calibration"] and again.manifest["accuracy"] == manifest["accuracy"]
+    assert [e.file for e in again.engines][-1] == "model.tensorrt-rtx.sm_86.int8.engine"
+    assert again.manifest.calibration == manifest["calibration"] and again.manifest.accuracy == manifest["accuracy"]
 
 
 @needs_rtx
@@ -181,7 +204,7 @@ def test_fp8_qdq_builds_for_fp8_gpus_only(small, videos, tmp_path):
     proto = onnx.load(str(bundle.onnx_path), load_external_data=False)
     assert {t.data_type for t in proto.graph.initializer if t.name.endswith("_quantized")} == {onnx.TensorProto.FLOAT8E4M3FN}
     assert {o.version for o in proto.opset_import if o.domain == ""} == {19} == {o.version for o in proto.functions[0].opset_import if o.domain == ""}
-    assert bundle.manifest["accuracy"]["clips"] == 2
+    assert bundle.manifest.accuracy["clips"] == 2
 
 
 def _empty(tmp_path, videos):

@@ -23,7 +23,7 @@ if triton is None:
     pytest.skip("Triton is not installed (the `kernels` extra)", allow_module_level=True)
 
 from kernels import aot  # noqa: E402
-from kernels.gated_expert_mlp import _GEMM_CONFIGS  # noqa: E402
+from kernels.gated_expert_mlp import GEMM_CONFIGS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNELS = {"LiftingSplit": {"descriptor_kernel", "predictor_kernel", "gather_kernel"},
@@ -46,7 +46,7 @@ def compiled(tmp_path_factory):
 
 def test_every_kernel_and_tile_is_a_variant():
     names = {(v.op, v.kernel.fn.__name__.strip("_"), v.tag) for v in aot.variants(("fp16",))}
-    tiles = {"x".join(str(tile[k]) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K")) for tile, _, _ in _GEMM_CONFIGS}
+    tiles = {"x".join(str(tile[k]) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K")) for tile, _, _ in GEMM_CONFIGS}
     assert {(op, kernel) for op, kernel, _ in names} == {(op, k) for op, ks in KERNELS.items() for k in ks}
     assert {tag for _, kernel, tag in names if kernel == "gemm1_kernel"} == tiles
     gemm2_tags = {f"{gating}_{tile}" for gating in ("routed", "fixed") for tile in tiles}

@@ -18,11 +18,17 @@ import pytest
 import torch
 
 import models
-from export.bundle import Bundle
-from export.onnx import export_onnx, onnx_session, verify
-from export.trt import RTX_DEFAULT_TARGETS, BuildRequest, build_bundle, local_gpu_sm
+from export.builder import RTX_DEFAULT_TARGETS
+from export.onnx import export_onnx
+from export.trt import BuildRequest, build_bundle
+from export.verify import against_pytorch
+from runtime.backends import onnx_session
+from runtime.bundle import BatchProfile, Bundle, BundleError
+from runtime.gpu import local_gpu_sm
+from runtime.model import load_model_source
 from models.demo_checkpoint import write_demo_checkpoint
 from tests.hiding import run_hiding
+from tests.test_export_onnx import change_weight
 from tests.test_loader import SMALL_S4D, assert_one_line_error, run_cli
 
 try:
@@ -41,10 +47,6 @@ EXPECTED = {
     "s4d": (25, {"MATRIX_MULTIPLY", "NORMALIZATION", "SOFTMAX", "CONVOLUTION", "TOPK", "CAST"}, {"gemm"}),
 }
 CUSTOM_OP = {"ifdd": "dfer::LiftingSplit", "s4d": "dfer::GatedExpertMLP"}
-# fp16 vs fp32 on generated clips. fp16 keeps 11 significant bits (relative step 4.9e-4); over
-# ~20 fp16-rounded layers the untrained models' logits (|logit| < 0.3) moved ≤ 4.6e-4, and the
-# probabilities (≈ 1/7 each) ≤ 1e-4. The bounds leave a factor 10; top-1 must not change.
-FP16_LOGIT_ATOL, FP16_PROB_ATOL = 5e-3, 1e-3
 
 
 @pytest.fixture(scope="module")
@@ -77,16 +79,16 @@ def test_full_size_engine_is_built_and_listed(full_bundle):
     family, custom_ops, output, manifest, log = full_bundle
     bundle = Bundle.open(output)
     (engine,) = bundle.engines
-    assert engine.path.name == "model.tensorrt-rtx.sm_80-86-89-120.fp16.engine"
-    assert engine.path.stat().st_size == engine.size_bytes > 10 * 2**20
-    assert hashlib.sha256(engine.path.read_bytes()).hexdigest() == engine.sha256
+    assert engine.file == "model.tensorrt-rtx.sm_80-86-89-120.fp16.engine"
+    assert bundle.file(engine.file).stat().st_size == engine.size_bytes > 10 * 2**20
+    assert hashlib.sha256(bundle.file(engine.file).read_bytes()).hexdigest() == engine.sha256
     assert (engine.builder, engine.precision, engine.gpu_sm) == ("tensorrt-rtx", "fp16", RTX_DEFAULT_TARGETS)
-    assert engine.batch_profile == (1, 4, 8)
+    assert engine.batch_profile == BatchProfile(1, 4, 8)
     assert engine.plugins == ({CUSTOM_OP[family]: "inlined"} if custom_ops else {})
-    assert bundle.input_dtype == "float16" and manifest["outputs"][0]["dtype"] == "float32"
-    assert bundle.family == family and bundle.untrained
+    assert bundle.input_dtype == "float16" and manifest.outputs[0].dtype == "float32"
+    assert bundle.family == family and bundle.untrained and manifest == bundle.manifest
     assert bundle.spec == models.family_module(family).build_model(None).spec
-    build = manifest["engines"][0]["build"]
+    build = manifest.engines[0].build
     assert build["seconds"] > 0 and build["peak_rss_mib"] >= build["rss_increase_mib"] > 0
     progress = log.split("\n\n")[0].splitlines()  # one line per stage, then the summary table
     expected = ["load", "export", "parse", "build"] + (["verify"] if custom_ops else [])
@@ -98,14 +100,14 @@ def test_full_size_engine_is_built_and_listed(full_bundle):
 def test_layer_report_lists_expected_layers(full_bundle):
     family, custom_ops, output, manifest, _ = full_bundle
     layer_norms, network_types, engine_types = EXPECTED[family]
-    report = json.loads((output / manifest["engines"][0]["layer_report"]).read_text())
+    report = json.loads((output / manifest.engines[0].layer_report).read_text())
     network, engine = report["network"], report["engine"]
     assert network_types <= set(network["by_type"]), network["by_type"]
     assert network["by_type"]["NORMALIZATION"] == layer_norms
     assert {"HALF", "FLOAT"} <= set(network["output_dtypes"])  # fp16 graph with fp32 LayerNorm islands
     assert network["plugin_layers"] == []  # dfer functions inlined by the parser
     assert engine_types <= set(engine["by_type"]), engine["by_type"]
-    assert engine["count"] == len(engine["layers"]) == manifest["engines"][0]["build"]["engine_layers"] > 50
+    assert engine["count"] == len(engine["layers"]) == manifest.engines[0].build["engine_layers"] > 50
     assert engine["output_dtypes"].get("Half", 0) > engine["output_dtypes"].get("Float", 0)
     assert all(layer["name"] and layer["type"] for layer in engine["layers"])
     mapped = {node for layer in engine["layers"] for node in layer["onnx_nodes"]}
@@ -133,13 +135,13 @@ def test_fp16_graph_keeps_layernorm_in_fp32(full_bundle):
 @pytest.mark.slow
 def test_fp16_onnx_agrees_with_fp32_pytorch(full_bundle):
     family, custom_ops, _, manifest, log = full_bundle
-    result = manifest["verification"]
+    result = manifest.verification
     if not custom_ops:  # verified once per family, on the graph with the dfer ops in fp16
         assert result is None and "verify" not in log
         return
-    assert result["reference"] == "PyTorch fp32" and result["clips"] == 2
+    assert result["reference"] == "PyTorch fp32" and result["clips"] == 2 and result["passed"]
     assert result["top1_agree"] == 1.0
-    assert result["max_abs_logit_diff"] <= FP16_LOGIT_ATOL and result["max_prob_diff"] <= FP16_PROB_ATOL
+    assert result["max_abs_logit_diff"] <= result["logit_bound"] and result["max_prob_diff"] <= result["prob_bound"]
     assert result["max_abs_logit_diff"] > 0  # it really ran in fp16
     assert "engine built but not executed" in result["engine"] and "engine built but not executed" in log
     if local_gpu_sm() is None:  # the runtime's TensorRT backend says why it cannot run the engine here
@@ -149,8 +151,8 @@ def test_fp16_onnx_agrees_with_fp32_pytorch(full_bundle):
 def test_fp16_export_of_a_small_model(small_checkpoint, tmp_path):
     loaded = models.load(small_checkpoint)
     result = export_onnx(loaded, tmp_path / "small16.onnx", precision="fp16")
-    report = verify(loaded, result.path, batch=3)
-    assert report["top1_agree"] == 1.0 and report["max_abs_diff"] <= FP16_LOGIT_ATOL
+    agreement, _ = against_pytorch(loaded, result.path, "fp16", batch=3)
+    assert agreement.top1_agree == 1.0 and agreement.passed
     session = onnx_session(result.path)
     assert session.get_inputs()[0].type == "tensor(float16)" and session.get_outputs()[0].type == "tensor(float)"
     clip = np.zeros(loaded.spec.input_shape(1), np.float16)
@@ -188,7 +190,7 @@ def test_cli_reports_each_stage_and_a_summary(small_bundle):
     assert table.splitlines()[0].split() == ["stage", "seconds", "result"] and table.splitlines()[-1].startswith("total")
     assert "UNTRAINED demo weights" in progress and "dfer::GatedExpertMLP inlined" in progress
     assert "top-1 agreement 100%" in progress and "engine built but not executed" in progress
-    assert Bundle.open(output).engines[0].batch_profile == (1, 4, 4)
+    assert Bundle.open(output).engines[0].batch_profile == BatchProfile(1, 4, 4)
 
 
 def test_an_engine_is_added_from_the_bundles_own_onnx(small_bundle, tmp_path):
@@ -199,11 +201,11 @@ def test_an_engine_is_added_from_the_bundles_own_onnx(small_bundle, tmp_path):
     proc = run_cli("export.trt", str(bundle_path / "model.onnx"), "-o", str(bundle_path), *args)
     assert proc.returncode == 0, proc.stderr
     bundle = Bundle.open(bundle_path)
-    assert [e.path.name for e in bundle.engines] == [first.path.name, "model.tensorrt-rtx.sm_86.fp16.engine"]
+    assert [e.file for e in bundle.engines] == [first.file, "model.tensorrt-rtx.sm_86.fp16.engine"]
     assert bundle.engines[0].sha256 == first.sha256  # the first engine is kept
-    assert [e.batch_profile for e in bundle.engines_for("sm_86")] == [(1, 4, 4), (1, 2, 2)]
+    assert [e.batch_profile for e in bundle.engines_for("sm_86")] == [BatchProfile(1, 4, 4), BatchProfile(1, 2, 2)]
     assert bundle.engines_for("sm_87") == []
-    report = json.loads(bundle.engines[1].layer_report.read_text())
+    report = json.loads((bundle_path / bundle.engines[1].layer_report).read_text())
     assert bundle.engines[1].plugins == {"dfer::GatedExpertMLP": "inlined"}
     assert report["plugin_notes"] == {"dfer::GatedExpertMLP": "plugins disabled (--no-plugins)"}
     assert_one_line_error(run_cli("export.trt", str(bundle_path / "model.onnx"), "--precision", "fp32"), "is an fp16 export")
@@ -215,9 +217,26 @@ def test_an_onnx_input_builds_without_torch(small_bundle, tmp_path):
     proc = run_cli_hiding(("torch", "onnxscript", "triton"), str(small_bundle[0] / "model.onnx"), "-o", str(output))
     assert proc.returncode == 0, proc.stderr
     assert "loaded: []" in proc.stdout and "no PyTorch reference" in proc.stdout
-    (entry,) = Bundle.open(output).manifest["engines"]
+    (entry,) = Bundle.open(output).manifest.to_dict()["engines"]
     notes = json.loads((output / entry["layer_report"]).read_text())["plugin_notes"]
     assert "not importable" in notes["dfer::GatedExpertMLP"] and entry["plugins"] == {"dfer::GatedExpertMLP": "inlined"}
+
+
+def test_an_onnx_input_with_non_finite_logits_fails_verification(small_bundle, tmp_path):
+    """No PyTorch reference for an ONNX input, but NaN logits are a failure (exit 4), reported
+    before the missing builder (exit 3) and recorded in the manifest."""
+    source, output = tmp_path / "nan.onnx", tmp_path / "nan.dfer"
+    shutil.copyfile(small_bundle[0] / "model.onnx", source)
+    change_weight(source, "head.video.weight", lambda w: w.__setitem__((0, 0), np.nan))
+    proc = run_cli_hiding(("tensorrt", "tensorrt_rtx"), str(source), "-o", str(output))
+    assert proc.returncode == 4 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
+    (error,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert "verification failed: ONNX Runtime fp16 gave 2 non-finite logits of 14 on 2 generated clips" in error
+    assert "finite: False" in proc.stdout
+    verification = Bundle.open(output).manifest.verification
+    assert verification["finite"] is False and verification["passed"] is False and verification["failure"] in error
+    with pytest.raises(BundleError, match="its export failed verification .*non-finite logits"):
+        load_model_source(output)  # the runtime refuses to run what failed its check
 
 
 def test_parser_errors_are_one_line(small_bundle, tmp_path):
@@ -252,7 +271,7 @@ def test_without_a_builder_the_onnx_part_is_written(small_checkpoint, tmp_path):
     bundle = Bundle.open(output)
     assert bundle.engines == () and bundle.onnx_path.is_file()
     assert not list(output.glob("*.engine"))
-    assert bundle.manifest["verification"]["top1_agree"] == 1.0
+    assert bundle.manifest.verification["top1_agree"] == 1.0
 
 
 def _foreign_checkpoint(tmp_path):
@@ -289,7 +308,7 @@ BAD_INPUT = {
     "int8 needs calibration": (None, ["--precision", "int8"], ["--precision int8 needs calibration clips: --calib VIDEO_DIR"]),
     "bad target": (None, ["--target", "87"], ["bad --target '87'"]),
     "unknown builder": (None, ["--builder", "tensorrt-llm"], ["unknown builder 'tensorrt-llm'"]),
-    "foreign onnx": (_plain_onnx, [], ["not exported by python -m export.onnx"]),
+    "foreign onnx": (_plain_onnx, [], ["has no dfer.spec metadata", "python -m export.onnx"]),
 }
 
 

@@ -1,0 +1,107 @@
+"""How each bundle precision is produced and checked: the one table, keyed by runtime.bundle's names.
+
+runtime.bundle.PRECISIONS says which precisions a bundle may hold; ``PRECISIONS`` here says, for
+each of them, which ONNX export carries it, whether it is quantised (the fp32 export calibrated
+to QDQ by calibration/, whose SCHEMES are keyed by the same names), which GPUs have it, and how
+far ONNX Runtime (or an engine) may stray from fp32 PyTorch before verification fails. The table
+is checked against runtime.bundle.PRECISIONS when this module is imported, so a precision added
+to one and not the other fails at once.
+
+Tolerances bound the largest |Δlogit| over the verified clips by ``logit_atol + logit_rtol ·
+max |reference logit|`` and the largest |Δprob| by ``prob_atol``. The logit bound is relative
+because rounding error grows with the logits: with the classifier head scaled ×30 (|logit| up
+to 6–31, as a trained model's rather than the untrained demo's 0.15–1) the fp16 |Δlogit| grew
+×29–31 while |Δlogit| / max |logit| stayed put. Measured, ONNX Runtime vs fp32 PyTorch on 4
+generated clips (int8/fp8: calibrated on generated videos as in tests/test_calibration.py):
+
+    export  model (demo weights)   max |logit|  max |Δlogit|  ÷ max |logit|  max |Δprob|
+    fp32    IFDD / S4D full size   0.21 / 1.04  1.6e-7 / 5.4e-7  ≤ 7.7e-7     ≤ 1.2e-7
+    fp32    same, head ×30         6.4 / 31     6.2e-6 / 2.3e-5  ≤ 9.7e-7     ≤ 1.1e-6
+    fp32    S4D reduced            0.15         1.2e-7           8e-7         1.6e-8
+    fp16    IFDD / S4D full size   0.21 / 1.04  2.7e-4 / 4.6e-4  ≤ 1.3e-3     ≤ 9.5e-5
+    fp16    same, head ×30         6.4 / 31     7.8e-3 / 1.4e-2  ≤ 1.2e-3     ≤ 1.3e-3
+    fp16    S4D reduced            0.15         6.9e-5           4.6e-4       1.2e-5
+    int8    S4D reduced (×1, ×30)  0.40, 12     4.4e-3, 0.13     1.1e-2       6.5e-4, 6.1e-3
+    fp8     S4D reduced (×1, ×30)  0.40, 12     1.5e-2, 0.46     3.8e-2       1.9e-3, 5.4e-2
+
+Every bound is ≥ 10× its measurements, and far below a wrong answer: fp32 allows 1e-4 of the
+largest logit and fp16 1.5 %, so one class's bias moved by 0.01 (tests/test_export_onnx.py)
+fails both. The QDQ bounds (15 % and 50 % of the largest logit; fp8's probability bound is all
+but vacuous, its logit bound does the work) catch a broken graph, not the cost of quantising,
+which the cost stage measures on held-out clips.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+from runtime.bundle import PRECISIONS as BUNDLE_PRECISIONS
+
+FP8_MIN_SM = 89  # Ada, Hopper, Blackwell
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How far a run at this precision may be from fp32 PyTorch (logits and probabilities)."""
+
+    logit_atol: float
+    logit_rtol: float  # of the largest |reference logit|
+    prob_atol: float
+
+    def logit_bound(self, scale: float) -> float:
+        return self.logit_atol + self.logit_rtol * scale
+
+    def scaled(self, factor: float) -> Tolerance:
+        """Two runs that are each within this of fp32 are within factor 2 of each other."""
+        return Tolerance(self.logit_atol * factor, self.logit_rtol * factor, self.prob_atol * factor)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How one precision reaches the engine: the ONNX export that carries it, the GPUs that have it."""
+
+    name: str
+    export: str  # the ONNX export: fp32 or fp16; a quantised precision is the fp32 export calibrated to QDQ
+    input_dtype: str  # numpy dtype of the exported graph's input
+    tolerance: Tolerance
+    quantized: bool = False
+    min_sm: int = 0
+    hardware: str = ""  # what GPUs below min_sm lack
+
+    def min_capability(self) -> str:
+        return f"{self.min_sm // 10}.{self.min_sm % 10}"
+
+
+PRECISIONS = {
+    p.name: p
+    for p in (
+        Precision("fp32", export="fp32", input_dtype="float32", tolerance=Tolerance(1e-5, 1e-4, 1e-4)),
+        Precision("fp16", export="fp16", input_dtype="float16", tolerance=Tolerance(2e-4, 1.5e-2, 2e-2)),
+        Precision("int8", export="fp32", input_dtype="float32", tolerance=Tolerance(2e-3, 0.15, 0.1), quantized=True),
+        Precision("fp8", export="fp32", input_dtype="float32", tolerance=Tolerance(5e-3, 0.5, 0.6), quantized=True,
+                  min_sm=FP8_MIN_SM, hardware="FP8 tensor cores"),
+    )
+}
+# What export.onnx writes directly; the others are calibrated from one of these.
+EXPORTS = tuple(name for name, p in PRECISIONS.items() if not p.quantized)
+
+
+def precision(name: str) -> Precision:
+    """The table's entry, or ValueError naming the choices (and the nearest one)."""
+    if name in PRECISIONS:
+        return PRECISIONS[name]
+    near = difflib.get_close_matches(name, PRECISIONS, n=1)
+    hint = f" (did you mean {near[0]}?)" if near else ""
+    raise ValueError(f"unknown precision {name!r}; choose one of {', '.join(PRECISIONS)}{hint}")
+
+
+def _check_table() -> None:
+    if tuple(PRECISIONS) != BUNDLE_PRECISIONS:
+        raise RuntimeError(f"export.precision lists {tuple(PRECISIONS)}, runtime.bundle.PRECISIONS {BUNDLE_PRECISIONS}")
+    for entry in PRECISIONS.values():
+        if entry.export not in EXPORTS or PRECISIONS[entry.export].input_dtype != entry.input_dtype:
+            raise RuntimeError(f"precision {entry.name}: export {entry.export!r} is not a plain export of that input dtype")
+
+
+_check_table()
