@@ -12,6 +12,12 @@ runtime.delivery); runtime.ledger accounts for every clip. A file's decoder wait
 stream's queue is full, a live stream drops its oldest clip (runtime.batcher.QueuePolicy).
 ``close()`` stops the sources, then runs every clip still queued and delivers every result
 before it returns: nothing computed is lost.
+
+The model is a clip model (layout NCTHW) or a per-frame image model (NCHW, e.g. from
+``python -m export.image_model``): the latter runs on "clips" of one frame, so each face of
+each taken frame (every frame_step-th of its track) gets a result with the same decisions,
+events and batching across streams. With ``annotate`` set, each stream is also written as an
+MP4 with its boxes and labels drawn on (runtime.annotate).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.annotate import Annotator, TrackLabels, require_pillow, video_path
 from runtime.backends import open_backend
 from runtime.batcher import Batcher
 from runtime.delivery import Delivery
@@ -35,6 +42,7 @@ from runtime.dispatch import Dispatcher, StaticModel
 from runtime.latency import ALL, LatencyBook, summary_table
 from runtime.ledger import ClipLedger
 from runtime.model import load_model_source
+from runtime.triton_backend import is_triton_url, served_model_source
 from runtime.post import CompoundOptions, PostProcessor, StaticFrames
 from runtime.records import Clip, EventKind, Result, StreamEvent, StreamState
 from runtime.sources import PushSource, VideoSource
@@ -48,17 +56,27 @@ _FINAL = {EventKind.ENDED: StreamState.ENDED, EventKind.FAILED: StreamState.FAIL
 
 @dataclass(frozen=True)
 class RuntimeOptions:
-    """backend/providers/threads: see runtime.backends. max_batch: clips per inference (capped
+    """backend/providers/threads: see runtime.backends; server/triton_model: the triton
+    backend's gRPC address (HOST:PORT) and model name (runtime.triton_backend). max_batch: clips per inference (capped
     by the backend's own limit); max_delay_ms: longest a ready clip waits for a fuller batch;
     queue_per_stream: ready clips a stream may have waiting (then a file's decoder waits, a
     live stream drops its oldest: StreamOptions.queue_policy);
     hop: new samples between two clips of a track (None: the clip length, no overlap);
     tau_s/threshold/margin: each track's decisions (runtime.temporal.TemporalOptions: EMA time
     constant in stream seconds, score a label needs, hysteresis); compound: compound
-    expressions per track, optionally fused with a static per-frame model (runtime.post)."""
+    expressions per track, optionally fused with a static per-frame model (runtime.post).
+    frame_step: per-frame (NCHW) models only: each track's result comes from every
+    frame_step-th frame. Default 1, every frame: the crop is always the current frame's (between
+    detections, StreamOptions.detect_every, at the last detected box), a per-frame FER model
+    costs little next to the detector, and the smoothing (in stream time) gains from dense
+    samples; raise it to cut inference. annotate: a folder that gets one MP4 per stream,
+    <stream id>.mp4, of every frame with its face boxes, track ids and each track's latest
+    smoothed label at the frame's decoding drawn on (runtime.annotate; needs Pillow); None: none."""
 
     backend: str = "auto"
     providers: tuple[str, ...] | None = None
+    server: str | None = None
+    triton_model: str | None = None
     threads: int | None = None
     max_batch: int = 32
     max_delay_ms: float = 50.0
@@ -68,9 +86,13 @@ class RuntimeOptions:
     threshold: float = 0.4
     margin: float = 0.05
     compound: CompoundOptions | None = None
+    frame_step: int = 1
+    annotate: str | Path | None = None
 
     def __post_init__(self) -> None:
         TemporalOptions(labels=("any",), **self.temporal)  # the one check of these three
+        if type(self.frame_step) is not int or self.frame_step < 1:
+            raise ValueError(f"frame_step must be an integer ≥ 1, got {self.frame_step!r}")
 
     @property
     def temporal(self) -> dict:
@@ -94,16 +116,24 @@ class Runtime:
     def __init__(self, model: str | Path, options: RuntimeOptions = RuntimeOptions(), *,
                  on_result: Callable[[Result], None] | None = None,
                  on_event: Callable[[StreamEvent], None] | None = None):
-        self.model = load_model_source(model)
+        if is_triton_url(model):  # triton://HOST:PORT/NAME: the spec comes from the server's config
+            self.model, options = served_model_source(str(model), options)
+        else:
+            self.model = load_model_source(model)
         self.spec, self.options = self.model.spec, options
         self.hop = options.hop if options.hop is not None else self.spec.frames
         if not 1 <= self.hop <= self.spec.frames:
             raise ValueError(f"hop must lie in [1, {self.spec.frames}] (the clip length), got {self.hop}")
+        self.stride = _sampling_stride(self.spec, options.frame_step)
+        self._annotations = _annotation_folder(options.annotate)
+        self._labels = TrackLabels()
+        self._annotated: set[Path] = set()  # the annotated videos of this runtime's streams
         self._static = _open_static(options)
         self.static_model = None if self._static is None else self._static.source
         static_labels = None if self.static_model is None else self.static_model.spec.labels
         self.post = PostProcessor(self.spec.labels, options.temporal, options.compound, static_labels)
-        self.backend = open_backend(self.model, options.backend, options.providers, options.threads)
+        self.backend = open_backend(self.model, options.backend, options.providers, options.threads,
+                                    server=options.server, triton_model=options.triton_model)
         max_batch = min(options.max_batch, self.backend.max_batch or options.max_batch)
         self._batcher = Batcher(max_batch, options.max_delay_ms / 1e3, options.queue_per_stream)
         self._on_event = on_event
@@ -118,7 +148,7 @@ class Runtime:
         self._delivery = Delivery(on_result, self._ledger, self._latency)
         self._dispatcher = Dispatcher(
             model=self.model, backend=self.backend, static=self._static, post=self.post, max_batch=max_batch,
-            next_batch=self._batcher.next_batch, deliver=self._delivery.put, ledger=self._ledger, report=self._stream_event,
+            next_batch=self._batcher.next_batch, deliver=self._deliver, ledger=self._ledger, report=self._stream_event,
         )
         self._dispatcher.start()
 
@@ -130,8 +160,8 @@ class Runtime:
         A location that cannot be opened, a file that is not there included, is that stream's
         fault, not the call's: the stream is added and fails (a FAILED event naming the
         location, state failed) while the others go on. ValueError only for what no location
-        fixes: face mode 'boxes', loop/realtime on a live source, a stream id in use, a closed
-        runtime."""
+        fixes: face mode 'boxes', loop/realtime on a live source, a stream id in use (or whose
+        annotated video another stream writes), a closed runtime."""
         if options.faces == "boxes":
             raise ValueError("decoded streams take face mode 'full' (the video is the face crop) or 'detect' "
                              "(the built-in detector), not 'boxes' (boxes come with pushed frames)")
@@ -252,8 +282,21 @@ class Runtime:
 
     def _pipeline(self, stream_id: str, options: StreamOptions) -> StreamPipeline:
         static_frames = None if self._static is None else self._static.frames
+        annotator = None
+        if self._annotations is not None:
+            path = video_path(self._annotations, stream_id)
+            if path in self._annotated:
+                raise ValueError(f"stream id {stream_id!r} would overwrite the annotated video {path} of an earlier stream")
+            self._annotated.add(path)
+            annotator = Annotator(path, stream_id, self._labels)
         return StreamPipeline(stream_id, self.spec, self.hop, options, self._enqueue, self._stream_event,
-                              self._ledger.end_track, static_frames)
+                              self._ledger.end_track, static_frames, stride=self.stride, annotator=annotator)
+
+    def _deliver(self, result: Result) -> None:
+        """On the dispatcher's thread: the track's label for annotated frames, then delivery."""
+        if self._annotations is not None:
+            self._labels.record(result)
+        self._delivery.put(result)
 
     def _attach(self, stream_id: str, pipeline: StreamPipeline, source: VideoSource | PushSource,
                 options: StreamOptions) -> None:
@@ -311,6 +354,7 @@ class Runtime:
     def _track_ended(self, stream_id: str, track_id: int) -> None:
         """The ledger saw the track's last clip out: close its decisions, report what it held."""
         offsets = self.post.end_track((stream_id, track_id))
+        self._labels.forget(stream_id, track_id)
         held = ", ".join(f"{e.label} ({e.confidence:.2f})" for e in offsets) or "no label"
         self._stream_event(stream_id, EventKind.TRACK_ENDED, f"track {track_id} ended; it held {held}", offsets)
 
@@ -326,11 +370,33 @@ class Runtime:
         )
 
 
+def _sampling_stride(spec, frame_step: int) -> int:
+    """Source frames between two samples of a track: a clip model's trained frame_stride, a
+    per-frame model's frame_step."""
+    if spec.layout == "NCHW":
+        return frame_step
+    if frame_step != 1:
+        raise ValueError(f"frame_step applies to per-frame (NCHW) models; this {spec.layout} clip model samples "
+                         f"every {spec.frame_stride}-th frame, as it was trained (set hop for fewer clips)")
+    return spec.frame_stride
+
+
+def _annotation_folder(folder: str | Path | None) -> Path | None:
+    """The annotation folder, made now: no Pillow or no writable folder fails at start."""
+    if folder is None:
+        return None
+    require_pillow()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def _open_static(options: RuntimeOptions) -> StaticModel | None:
     compound = options.compound
     if compound is None or compound.static_model is None:
         return None
     source = load_model_source(compound.static_model)
     frames = StaticFrames(source.spec, compound.static_frames)
-    backend = "auto" if options.backend == "tensorrt" else options.backend  # a plain ONNX holds no engine
+    # a plain ONNX holds no engine; the static model runs here, not on a Triton server
+    backend = "auto" if options.backend in ("tensorrt", "triton") else options.backend
     return StaticModel(source=source, backend=open_backend(source, backend, options.providers, options.threads), frames=frames)

@@ -7,6 +7,8 @@
   ONNX Runtime build lacks is an error, never a silent move to the CPU.
 * ``tensorrt``: the bundle's TensorRT engine for this GPU (runtime.trt_backend), with pinned
   buffers and CUDA graphs.
+* ``triton``: an NVIDIA Triton Inference Server at ``server`` (runtime.triton_backend), one
+  gRPC request per batch; never chosen by auto.
 * ``auto`` (the default): the engine when TensorRT and a GPU it fits are here, else ONNX
   Runtime on CUDA when this build and machine have it, else on the CPU. Each backend it passes
   over is named with the reason in ``describe()``, so the choice is never silent.
@@ -167,14 +169,34 @@ def _open_auto(source: ModelSource, providers, threads) -> Backend:
 
 
 _ONNX_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
-BACKENDS = {"auto": _open_auto, "onnxruntime": _open_onnxruntime, "tensorrt": _open_tensorrt}
 
 
-def open_backend(source: ModelSource, name: str = "auto", providers: tuple[str, ...] | None = None, threads: int | None = None) -> Backend:
-    """providers: ONNX Runtime's execution providers (None: CPU when named, auto's choice under auto)."""
+def _open_triton(source: ModelSource, providers, threads, *, server: str | None = None, triton_model: str | None = None) -> Backend:
+    for option, value in (("providers", providers), ("threads", threads)):
+        if value:
+            raise ValueError(f"{option} apply to ONNX Runtime; the triton backend runs the model on its server")
+    if not server:
+        raise ValueError("the triton backend needs the server's gRPC address: --server HOST:PORT (RuntimeOptions.server)")
+    from runtime.triton_backend import TritonBackend  # tritonclient loads only here
+
+    return TritonBackend(source, server=server, model=triton_model)
+
+
+BACKENDS = {"auto": _open_auto, "onnxruntime": _open_onnxruntime, "tensorrt": _open_tensorrt, "triton": _open_triton}
+
+
+def open_backend(source: ModelSource, name: str = "auto", providers: tuple[str, ...] | None = None, threads: int | None = None,
+                 *, server: str | None = None, triton_model: str | None = None) -> Backend:
+    """providers: ONNX Runtime's execution providers (None: CPU when named, auto's choice under auto).
+    server/triton_model: the triton backend's server (HOST:PORT, gRPC) and model name."""
     if providers is not None:
         provider_names(providers)  # a typo fails now, whichever backend ends up running
-    return BACKENDS[_choose(name, BACKENDS, "backend")](source, providers, threads)
+    chosen = _choose(name, BACKENDS, "backend")
+    if chosen == "triton":
+        return _open_triton(source, providers, threads, server=server, triton_model=triton_model)
+    if server or triton_model:
+        raise ValueError(f"server and triton_model apply to the triton backend, not {chosen}")
+    return BACKENDS[chosen](source, providers, threads)
 
 
 def provider_names(providers: tuple[str, ...]) -> list[str]:

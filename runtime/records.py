@@ -19,10 +19,11 @@ from runtime.temporal import Event
 
 @dataclass(frozen=True)
 class Clip:
-    """A model input cut from one track: (3, T, H, W) float32, normalised per the ModelSpec.
+    """A model input cut from one track, normalised per the ModelSpec: (3, T, H, W) float32
+    for a clip model, (3, H, W) for a per-frame (NCHW) model, whose clips are one frame.
 
-    start_s/end_s: stream times of its first and last frame; captured: when its last frame
-    reached the runtime; ready: when the clip was complete and normalised.
+    start_s/end_s: stream times of its first and last frame (equal for one frame); captured:
+    when its last frame reached the runtime; ready: when the clip was complete and normalised.
     """
 
     stream_id: str
@@ -71,6 +72,8 @@ class Result:
     track's decision (runtime.temporal: an EMA in stream time with hysteresis, or 'uncertain'
     while no label is confident enough), confidence its smoothed score, and events the onsets
     and offsets this result caused. compound: the compound-expression verdict, when enabled.
+    A per-frame model gives one result per sampled frame of a track: clip_index counts the
+    track's samples (0, 1, ...) and start_s = end_s is the frame's stream time.
     emitted is stamped by the delivery thread as it hands the result over: every result a host
     receives has it (None only inside the runtime, between inference and delivery).
     """
@@ -139,6 +142,7 @@ class EventKind(str, enum.Enum):
     INFERENCE_FAILED = "inference_failed"
     FAILED = "failed"
     TRACK_ENDED = "track_ended"
+    ANNOTATION_FAILED = "annotation_failed"  # the stream's annotated video could not be written; inference goes on
 
 
 FAULTS = frozenset(
@@ -152,6 +156,7 @@ FAULTS = frozenset(
         EventKind.CLIP_DROPPED,
         EventKind.INFERENCE_FAILED,
         EventKind.FAILED,
+        EventKind.ANNOTATION_FAILED,
     }
 )
 

@@ -1,5 +1,9 @@
 """One stream's pipeline: frames → faces (tracks) → per-track clip buffers → normalised clips.
 
+A per-frame (NCHW) model takes "clips" of one frame: each track's buffer holds one sample and
+emits it as a (3, H, W) input, every ``stride``-th frame of the track (RuntimeOptions.frame_step).
+With an annotator (runtime.annotate) every frame is also written, boxes and labels drawn on.
+
 It runs on the thread that brings the frame (the source's decode thread, or the host's thread
 for pushed frames), so streams never wait on each other before the batcher. A stream whose
 queue policy is BLOCK waits in the batcher inside ``feed``, holding this pipeline's lock (a
@@ -14,10 +18,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import av
+
+from runtime.annotate import Annotator
 from runtime.batcher import QueuePolicy
 from runtime.clips import ClipBuffer
 from runtime.detector import MODELS as DETECTOR_MODELS, FaceDetector
-from runtime.faces import FACE_MODES, DetectedFaces, FullFrame, HostBoxes, IouTracker, Resizer
+from runtime.faces import FACE_MODES, RESIZE_MODES, DetectedFaces, FullFrame, HostBoxes, IouTracker, Resizer
 from runtime.post import StaticFrames
 from runtime.records import Clip, EventKind, StreamState
 from runtime.sources import DecodedFrame, SourceKind, SourceOptions
@@ -34,10 +41,15 @@ class StreamOptions:
     faces of the last detection keep their boxes.
     track_timeout_s: stream time after which an unseen track is evicted.
     max_gap_s: time gap between two samples that discards a partial clip; None: two sample
-    periods (2 · frame_stride / fps), i.e. one lost sample is tolerated.
+    periods (2 · frame_stride / fps), i.e. one lost sample is tolerated. A per-frame model's
+    one-frame clips are never partial: a face unseen for a while only skips frames.
     queue_policy: what the stream's full queue does (runtime.batcher.QueuePolicy); None: chosen
     from the source, BLOCK for files not paced in real time (looped or not), DROP_OLDEST for
-    live sources (URLs, devices), realtime files and pushed frames."""
+    live sources (URLs, devices), realtime files and pushed frames.
+    resize: how face crops reach the model's size: 'official' (the spec's own filter, Pillow's
+    bilinear or bicubic to the bit, as the papers' test scripts resize) or 'fast' (swscale's
+    bilinear, ~6x cheaper per frame, up to 8 grey levels off); runtime.faces.Resizer has the
+    numbers."""
 
     faces: str = "full"
     margin: float = 0.2
@@ -47,6 +59,7 @@ class StreamOptions:
     detect_every: int = 1
     source: SourceOptions = field(default_factory=SourceOptions)
     queue_policy: QueuePolicy | None = None
+    resize: str = "official"
 
     def policy_for(self, kind: SourceKind) -> QueuePolicy:
         """The queue policy of a stream from this kind of source."""
@@ -68,6 +81,8 @@ class StreamOptions:
             raise ValueError(f"unknown face detector {self.detector!r}; known: {', '.join(DETECTOR_MODELS)}")
         if type(self.detect_every) is not int or self.detect_every < 1:
             raise ValueError(f"detect_every must be an integer ≥ 1, got {self.detect_every!r}")
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"unknown resize mode {self.resize!r}; known: {', '.join(RESIZE_MODES)}")
         if self.queue_policy is not None and not isinstance(self.queue_policy, QueuePolicy):
             raise ValueError(f"queue_policy must be a QueuePolicy ({', '.join(QueuePolicy)}) or None, got {self.queue_policy!r}")
 
@@ -91,20 +106,27 @@ class StreamStats:
 
 
 class StreamPipeline:
+    """stride: source frames between two samples of a track (None: the model's frame_stride);
+    annotator: writes every frame with its boxes and labels drawn on (None: no video)."""
+
     def __init__(self, stream_id: str, spec: ModelSpec, hop: int, options: StreamOptions,
                  emit_clip: Callable[[Clip], None], emit_event: Callable[[str, EventKind, str], None],
-                 end_track: Callable[[str, int], None], static: StaticFrames | None = None):
+                 end_track: Callable[[str, int], None], static: StaticFrames | None = None, *,
+                 stride: int | None = None, annotator: Annotator | None = None):
         self.stream_id, self.spec, self.hop, self.options = stream_id, spec, hop, options
+        self.stride = spec.frame_stride if stride is None else stride
+        self.annotator = annotator
         self.static, self._static_resizer = static, Resizer()  # its own swscale context: another size
         self._emit_clip, self._emit_event, self._end_track = emit_clip, emit_event, end_track
+        resizer = Resizer(spec.resize if options.resize == "official" else None)
         if options.faces == "full":
-            self.faces = FullFrame(spec.height, spec.width, Resizer())
+            self.faces = FullFrame(spec.height, spec.width, resizer)
         elif options.faces == "boxes":
             tracker = IouTracker(timeout_s=options.track_timeout_s)
-            self.faces = HostBoxes(spec.height, spec.width, options.margin, tracker, Resizer())
+            self.faces = HostBoxes(spec.height, spec.width, options.margin, tracker, resizer)
         else:
             tracker = IouTracker(timeout_s=options.track_timeout_s)
-            self.faces = DetectedFaces(spec.height, spec.width, options.margin, tracker, Resizer(),
+            self.faces = DetectedFaces(spec.height, spec.width, options.margin, tracker, resizer,
                                        FaceDetector(options.detector), options.detect_every)
         self._buffers: dict[int, ClipBuffer] = {}
         self._segment = 0
@@ -127,19 +149,39 @@ class StreamPipeline:
             for track, crop in faces:
                 buffer = self._buffers.get(track)
                 if buffer is None:
-                    buffer = self._buffers[track] = ClipBuffer(self.spec.frames, self.spec.frame_stride, self.hop)
+                    buffer = self._buffers[track] = ClipBuffer(self.spec.frames, self.stride, self.hop)
                 if buffer.wants(frame.index):
                     self._sample(track, buffer, frame, crop())
             for track in self.faces.evict(frame.time_s):
                 self._retire(track)
                 self.tracks_evicted += 1
+            if self.annotator is not None:
+                self._annotate(frame)
 
     def end(self) -> None:
-        """End of stream: leftover samples too few for a clip are let go, not counted as faults."""
+        """End of stream: leftover samples too few for a clip are let go, not counted as faults;
+        the annotated video is finished (playable up to the last frame)."""
         with self._lock:
             for track in self._buffers:
                 self._end_track(self.stream_id, track)
             self._buffers.clear()
+            if self.annotator is not None:
+                self._annotate(None)
+
+    def _annotate(self, frame: DecodedFrame | None) -> None:
+        """Write a frame into the annotated video, or finish it (None). A video that cannot be
+        written stops annotating, never the stream's inference."""
+        boxes = None if self.options.faces == "full" else self.faces.boxes  # full: the frame is track 0's face
+        try:
+            if frame is None:
+                self.annotator.close()
+            else:
+                self.annotator.write(frame, boxes, self.clock.fps if self.clock is not None else None)
+        except (OSError, av.error.FFmpegError) as err:
+            annotator, self.annotator = self.annotator, None
+            annotator.abandon()
+            self._emit_event(self.stream_id, EventKind.ANNOTATION_FAILED,
+                             f"annotated video {annotator.path} stopped: {type(err).__name__}: {err}")
 
     def _sample(self, track: int, buffer: ClipBuffer, frame: DecodedFrame, image) -> None:
         before = buffer.clips_invalidated
@@ -153,7 +195,7 @@ class StreamPipeline:
             )
         if out is not None:
             frames, start_s, end_s = out
-            data = self.spec.normalize(frames)
+            data = self.spec.normalize_images(frames)[0] if self.spec.layout == "NCHW" else self.spec.normalize(frames)
             static = None if self.static is None else self.static.inputs(frames, self._static_resizer)
             clip = Clip(stream_id=self.stream_id, track_id=track, index=buffer.clips_emitted - 1, start_s=start_s,
                         end_s=end_s, data=data, captured=frame.captured, ready=time.perf_counter(), static_data=static)
@@ -163,7 +205,7 @@ class StreamPipeline:
         if self.options.max_gap_s is not None:
             return self.options.max_gap_s
         fps = self.clock.fps if self.clock is not None else None
-        return 2.0 * self.spec.frame_stride / fps if fps else math.inf
+        return 2.0 * self.stride / fps if fps else math.inf
 
     def _reset(self, buffer: ClipBuffer) -> None:
         before = buffer.clips_invalidated

@@ -89,8 +89,9 @@ def test_tiny_budget_keeps_finished_cases_and_skips_the_rest(tmp_path):
     assert statuses <= {"done", "not run: budget"}, stderr[-3000:]
     assert statuses == {"done", "not run: budget"}
     for case in cases:
-        if case["status"] == "not run: budget":
-            assert case["measurement"] is None and case["elapsed_s"] is None and "estimated" in case["error"]
+        if case["status"] == "not run: budget":  # skipped by its estimate, or cut at the budget's end (a loaded box)
+            cut = "stopped after" in case["error"]
+            assert case["measurement"] is None and (cut or (case["elapsed_s"] is None and "estimated" in case["error"]))
         else:
             assert case["measurement"]["check"]
     assert data["meta"]["elapsed_s"] <= 12 + 5  # the budget, plus the last case's overrun at most

@@ -203,6 +203,22 @@ def test_batcher_block_waits_for_room_and_never_drops():
     assert [c.index for c in batcher.next_batch() + batcher.next_batch()] == [1, 2]
 
 
+def test_batcher_a_stalled_file_does_not_wait_out_the_delay():
+    """A full BLOCK lane's decoder cannot add a clip: its batch leaves at once, not after 30 s.
+    A live lane at the same fill still waits, hoping for a fuller batch."""
+    batcher = Batcher(max_batch=8, max_delay_s=30.0, queue_per_stream=2)
+    batcher.open_stream("file", QueuePolicy.BLOCK)
+    batcher.put(clip("live", 0))
+    batcher.put(clip("file", 0))
+    batcher.put(clip("file", 1))
+    started = time.perf_counter()
+    assert [(c.stream_id, c.index) for c in batcher.next_batch()] == [("live", 0), ("file", 0), ("file", 1)]
+    assert time.perf_counter() - started < 5
+    batcher.put(clip("live", 1))
+    batcher.put(clip("live", 2))
+    assert not batcher._stalls(batcher._lane("live"))  # a full live lane drops, it never stalls
+
+
 @pytest.mark.parametrize("unblock", ["release", "close"])
 def test_batcher_block_is_undone_by_release_and_close(unblock):
     batcher = Batcher(max_batch=8, max_delay_s=30.0, queue_per_stream=1)

@@ -1,0 +1,350 @@
+"""Serving from a real NVIDIA Triton Inference Server: export.triton's repositories, the
+server it starts (nvidia-pytriton's tritonserver 2.51, python backend, on the CPU) and the
+runtime's triton backend against it.
+
+Needs tritonclient[grpc] and the extracted server (python -m export.triton install-server, or
+$DFER_TRITONSERVER_DIR); without them the tests that need them skip, saying which is missing.
+The onnxruntime and tensorrt backends' configs are checked field by field against the bundle's
+manifest, but only NVIDIA's GPU server containers run them: no test here can.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+
+import models
+from export.onnx import export_onnx
+from export.request import BuildRequest
+from export.stages import Progress, write_onnx_part
+from export.triton import THREADS_PARAMETER, TritonOptions, check_config, export_triton
+from export.triton_server import Ports, ServerFiles, ServerMissing, TritonServer
+from models.demo_checkpoint import write_demo_checkpoint
+from runtime.api import Runtime, RuntimeOptions
+from runtime.backends import BackendUnavailable
+from runtime.bundle import Bundle
+from runtime.clips import clip_count
+from runtime.demo_videos import write_face_video
+from runtime.model import load_model_source
+from runtime.records import EventKind
+from runtime.spec import ModelSpec
+from runtime.triton_backend import SPEC_PARAMETER, TritonBackend, parse_triton_url, served_name
+from tests.test_loader import ROOT, SMALL_S4D, assert_one_line_error, run_cli
+from tests.test_runtime_units import TINY, tiny_probabilities, write_tiny_model
+
+try:
+    import tritonclient.grpc  # noqa: F401
+
+    CLIENT_MISSING = None
+except ImportError as err:
+    CLIENT_MISSING = f"tritonclient not installed ({err}): pip install 'tritonclient[grpc]'"
+try:
+    SERVER_FILES, SERVER_MISSING = ServerFiles.find(), None
+except ServerMissing as err:
+    SERVER_FILES, SERVER_MISSING = None, str(err)
+
+needs_client = pytest.mark.skipif(CLIENT_MISSING is not None, reason=str(CLIENT_MISSING))
+needs_server = pytest.mark.skipif(CLIENT_MISSING is not None or SERVER_MISSING is not None,
+                                  reason=str(CLIENT_MISSING or SERVER_MISSING))
+STARTUP_LIMIT_S = 60.0  # measured: 1.5–2.5 s for both models on the 2-core dev box
+PROBABILITY_ATOL = 1e-5  # fp32 logits of the same ONNX in two ONNX Runtime sessions (seen: ≤ 1e-7)
+FPS = 25
+
+
+@pytest.fixture(scope="module")
+def s4d_onnx(tmp_path_factory):
+    checkpoint = write_demo_checkpoint("s4d", tmp_path_factory.mktemp("s4d") / "s4d_small.pth", seed=0, config=SMALL_S4D)
+    return export_onnx(models.load(checkpoint), checkpoint.with_suffix(".onnx")).path
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return write_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny.onnx", **TINY)
+
+
+def start_server(repository, log) -> TritonServer:
+    server = TritonServer(repository, files=SERVER_FILES, ports=Ports.free(), log=log)
+    seconds = server.start(timeout_s=STARTUP_LIMIT_S)
+    print(f"tritonserver ready in {seconds:.2f} s")
+    return server
+
+
+@pytest.fixture(scope="module")
+def server(s4d_onnx, tiny, tmp_path_factory):
+    """One server on both models (python backend, one ONNX Runtime thread each)."""
+    repository = tmp_path_factory.mktemp("repository")
+    for model in (s4d_onnx, tiny):
+        export_triton(model, repository, TritonOptions(backend="python", max_batch=8, threads=1))
+    server = start_server(repository, repository.parent / "server.log")
+    yield server
+    assert server.stop() == 0
+
+
+# --- the repository --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bundle(s4d_onnx, tmp_path_factory):
+    """An ONNX-only bundle plus a stand-in TensorRT engine entry (its bytes are not a plan:
+    only a GPU server could load one), so the tensorrt config can be checked against it."""
+    output = write_onnx_part(BuildRequest(s4d_onnx, tmp_path_factory.mktemp("bundle") / "small.dfer"), Progress(lambda _: None)).output
+    plan = b"stand-in for a serialized TensorRT plan"
+    (output / "model.tensorrt.sm_90.fp16.engine").write_bytes(plan)
+    (output / "model.tensorrt.sm_90.fp16.layers.json").write_text("{}")
+    manifest = json.loads((output / "manifest.json").read_text())
+    manifest["engines"] = [
+        {"file": "model.tensorrt.sm_90.fp16.engine", "sha256": hashlib.sha256(plan).hexdigest(), "size_bytes": len(plan),
+         "builder": "tensorrt", "builder_version": "10.13.0", "gpu_sm": ["sm_90"], "precision": "fp16",
+         "batch_profile": {"min": 1, "opt": 4, "max": 16}, "plugins": {}, "layer_report": "model.tensorrt.sm_90.fp16.layers.json",
+         "build": {"seconds": 1.0, "peak_rss_mib": 1.0}},
+    ]
+    (output / "manifest.json").write_text(json.dumps(manifest))
+    return output
+
+
+@needs_client
+@pytest.mark.parametrize("backend", ["onnxruntime", "tensorrt"])
+def test_gpu_configs_match_the_manifest_field_by_field(bundle, tmp_path, backend):
+    manifest = Bundle.open(bundle).manifest
+    options = TritonOptions(backend=backend, name="s4d", max_batch=8, max_queue_delay_us=500, instances=2, gpu="sm_90")
+    folder = export_triton(bundle, tmp_path, options)
+    config = check_config((folder / "config.pbtxt").read_text(), load_model_source(bundle))
+    engine = manifest.engines[0]
+    assert config.name == "s4d" and config.backend == ""
+    assert config.platform == {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}[backend]
+    assert config.max_batch_size == (engine.batch_profile.max if backend == "tensorrt" else 8)
+    (clip,) = config.input
+    assert (clip.name, clip.data_type, list(clip.dims)) == (manifest.input.name, 11, list(manifest.input.shape[1:]))  # 11: TYPE_FP32
+    assert [(o.name, list(o.dims)) for o in config.output] == [(o.name, list(o.shape[1:])) for o in manifest.outputs]
+    preferred = [engine.batch_profile.opt, engine.batch_profile.max] if backend == "tensorrt" else [8]
+    assert list(config.dynamic_batching.preferred_batch_size) == preferred
+    assert config.dynamic_batching.max_queue_delay_microseconds == 500
+    (group,) = config.instance_group
+    assert (group.count, group.kind) == (2, group.KIND_GPU)
+    assert ModelSpec.from_dict(json.loads(config.parameters[SPEC_PARAMETER].string_value)) == manifest.model.spec
+    assert config.parameters["dfer_family"].string_value == "s4d" and config.parameters["dfer_untrained"].string_value == "true"
+    files = sorted(p.name for p in (folder / "1").iterdir())
+    if backend == "tensorrt":
+        assert files == ["model.plan"] and (folder / "1" / "model.plan").read_bytes() == (bundle / engine.file).read_bytes()
+    else:
+        assert files == ["model.onnx"] and (folder / "1" / "model.onnx").read_bytes() == (bundle / "model.onnx").read_bytes()
+
+
+@needs_client
+def test_fp16_tensors_become_type_fp16(bundle, tmp_path):
+    fp16 = tmp_path / "fp16.dfer"
+    shutil.copytree(bundle, fp16)
+    manifest = json.loads((fp16 / "manifest.json").read_text())
+    manifest["input"]["dtype"] = manifest["outputs"][0]["dtype"] = "float16"
+    (fp16 / "manifest.json").write_text(json.dumps(manifest))
+    config = check_config((export_triton(fp16, tmp_path / "repo", TritonOptions(backend="tensorrt", gpu="sm_90")) / "config.pbtxt").read_text(),
+                          load_model_source(fp16))
+    assert (config.name, config.input[0].data_type, config.output[0].data_type) == ("fp16", 10, 10)  # 10: TYPE_FP16
+
+
+def test_engine_choice_names_what_is_missing(bundle, s4d_onnx, tmp_path):
+    with pytest.raises(ValueError, match=r"no tensorrt-builder engine for sm_80.*model.tensorrt.sm_90.fp16.engine \(tensorrt, sm_90\)"):
+        export_triton(bundle, tmp_path, TritonOptions(backend="tensorrt", gpu="sm_80"))
+    with pytest.raises(ValueError, match="is an ONNX file: --backend tensorrt needs a bundle"):
+        export_triton(s4d_onnx, tmp_path, TritonOptions(backend="tensorrt", gpu="sm_90"))
+    assert not any(tmp_path.iterdir())  # nothing written for a refused export
+    with pytest.raises(ValueError, match="unknown Triton backend 'onnx'"):
+        TritonOptions(backend="onnx")
+    with pytest.raises(ValueError, match="threads must be an integer ≥ 1, got 0"):
+        TritonOptions(threads=0)
+
+
+def test_python_backend_repository_and_names(tiny, tmp_path):
+    folder = export_triton(tiny, tmp_path, TritonOptions(threads=2))
+    assert folder == tmp_path / "tiny" and sorted(p.name for p in (folder / "1").iterdir()) == ["model.onnx", "model.py"]
+    text = (folder / "config.pbtxt").read_text()
+    assert 'backend: "python"' in text and "kind: KIND_CPU" in text and f'key: "{THREADS_PARAMETER}" value {{ string_value: "2" }}' in text
+    assert f'THREADS_PARAMETER = "{THREADS_PARAMETER}"' in (folder / "1" / "model.py").read_text()  # what model.py reads
+    assert served_name(tmp_path / "My model.v2.onnx") == "My_model_v2" and served_name(tmp_path / "x.dfer") == "x"
+    assert parse_triton_url("triton://gpu-box:8001/s4d") == ("gpu-box:8001", "s4d")
+    with pytest.raises(ValueError, match="triton://HOST:PORT/NAME"):
+        parse_triton_url("triton://gpu-box/s4d")
+
+
+def test_cli_exports_and_says_how_to_install_the_server(tiny, tmp_path):
+    proc = run_cli("export.triton", str(tiny), "-o", str(tmp_path / "repo"), "--name", "t", "--max-batch", "4")
+    assert proc.returncode == 0, proc.stderr
+    assert "max_batch_size: 4" in (tmp_path / "repo" / "t" / "config.pbtxt").read_text()
+    assert_one_line_error(run_cli("export.triton", str(tmp_path / "missing.onnx"), "-o", str(tmp_path)), "does not exist")
+    no_server = run_cli("export.triton", "serve", str(tmp_path / "repo"), "--server-dir", str(tmp_path / "none"))
+    assert_one_line_error(no_server, "no tritonserver in", "python -m export.triton install-server")
+
+
+# --- the runtime through the server --------------------------------------------------------------
+
+
+def run_videos(model, options: RuntimeOptions, videos: dict) -> tuple[dict, list]:
+    results, events = [], []
+    with Runtime(model, options, on_result=results.append, on_event=events.append) as runtime:
+        for name, path in videos.items():
+            runtime.add_stream(str(path), stream_id=name)
+        assert runtime.wait(timeout=300)
+    return {(r.stream_id, r.track_id, r.clip_index, r.start_s, r.end_s): r.probabilities for r in results}, events
+
+
+@needs_server
+def test_generated_streams_give_the_clips_and_probabilities_of_local_onnxruntime(server, s4d_onnx, tmp_path):
+    frames = {"a.mp4": 150, "b.mkv": 110, "c.ts": 70}
+    videos = {name: write_face_video(tmp_path / name, n, seed=k) for k, (name, n) in enumerate(frames.items())}
+    local, _ = run_videos(s4d_onnx, RuntimeOptions(backend="onnxruntime", threads=1, hop=8), videos)
+    options = RuntimeOptions(backend="triton", server=server.grpc_address, hop=8)
+    served, events = run_videos(s4d_onnx, options, videos)
+    assert not [e for e in events if e.is_fault]
+    for name, n in frames.items():  # every clip the frame counts give, on both
+        assert len([k for k in served if k[0] == name]) == clip_count(n, 16, 4, 8)
+    assert served.keys() == local.keys()
+    worst = max(np.abs(np.subtract(served[k], local[k])).max() for k in local)
+    print(f"largest probability difference triton vs local ONNX Runtime: {worst:.2e}")
+    assert worst <= PROBABILITY_ATOL
+    by_url, _ = run_videos(f"triton://{server.grpc_address}/s4d_small", RuntimeOptions(hop=8), {"a.mp4": videos["a.mp4"]})
+    assert by_url.keys() == {k for k in served if k[0] == "a.mp4"}  # the spec from the server's config
+    assert max(np.abs(np.subtract(by_url[k], local[k])).max() for k in by_url) <= PROBABILITY_ATOL
+
+
+@needs_server
+def test_a_wrong_model_name_or_port_fails_at_start_with_one_line(server, s4d_onnx, tiny):
+    cases = [
+        ({"server": server.grpc_address, "triton_model": "nope"}, f"the Triton server at {server.grpc_address} has no model 'nope'; it serves s4d_small, tiny"),
+        ({"server": f"127.0.0.1:{Ports.free().grpc}"}, "no Triton server answers at 127.0.0.1:"),
+        ({"server": server.grpc_address, "triton_model": "tiny"}, "model 'tiny' at"),  # another model's spec
+    ]
+    for remote, message in cases:
+        with pytest.raises(BackendUnavailable) as failure:
+            Runtime(s4d_onnx, RuntimeOptions(backend="triton", **remote))
+        assert message in str(failure.value) and "\n" not in str(failure.value)
+    proc = run_cli("runtime", str(tiny), "--backend", "triton", "--server", server.grpc_address, "--triton-model", "nope", "--stream", "x.mp4")
+    assert_one_line_error(proc, "has no model 'nope'")
+
+
+def push_clips(runtime: Runtime, streams, clips: int, start: int) -> int:
+    """Push frames for `clips` more clips on each stream (tiny: a clip every 8 frames)."""
+    rng = np.random.default_rng(start)
+    for t in range(start, start + 8 * clips):
+        for stream in streams:
+            runtime.push_frame(stream, rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), t / FPS)
+    return start + 8 * clips
+
+
+@needs_server
+def test_a_server_outage_fails_each_affected_stream_once_and_restarting_resumes(tiny, tmp_path):
+    repository = tmp_path / "repository"
+    export_triton(tiny, repository, TritonOptions(max_batch=8, threads=1))
+    server = start_server(repository, tmp_path / "server.log")
+    results, events = [], []
+    try:
+        runtime = Runtime(tiny, RuntimeOptions(backend="triton", server=server.grpc_address, max_delay_ms=100),
+                          on_result=results.append, on_event=events.append)
+        with runtime:
+            streams = [runtime.add_push_stream(fps=FPS, stream_id=s) for s in ("a", "b")]
+            t = push_clips(runtime, streams, clips=2, start=0)
+            assert runtime.wait(timeout=30) and len(results) == 4
+            server.stop()
+            t = push_clips(runtime, streams, clips=1, start=t)  # these clips meet no server
+            assert runtime.wait(timeout=60)
+            server.start(timeout_s=STARTUP_LIMIT_S)
+            push_clips(runtime, streams, clips=2, start=t)
+        failures = [e for e in events if e.kind is EventKind.INFERENCE_FAILED]
+        assert sorted(e.stream_id for e in failures) == ["a", "b"]
+        assert all(f"Triton server {server.grpc_address} after 5 tries" in e.cause for e in failures), failures[0].cause
+        assert [e for e in events if e.is_fault and e.kind is not EventKind.INFERENCE_FAILED] == []
+        for stream, stats in runtime.stats().items():
+            assert (stats.clips_ready, stats.results, stats.clips_failed, stats.clips_dropped) == (5, 4, 1, 0), stream
+            assert sorted(r.clip_index for r in results if r.stream_id == stream) == [0, 1, 3, 4]
+        assert runtime.backend.retries >= 4
+    finally:
+        server.stop()
+
+
+@needs_server
+def test_a_batch_waits_out_a_restart_within_its_retries(tiny, tmp_path):
+    repository = tmp_path / "repository"
+    export_triton(tiny, repository, TritonOptions(max_batch=8, threads=1))
+    server = start_server(repository, tmp_path / "server.log")
+    try:
+        backend = TritonBackend(load_model_source(tiny), server=server.grpc_address, retry_pauses_s=(0.5,) * 60)
+        frames = np.random.default_rng(3).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
+        spec = load_model_source(tiny).spec
+        batch = np.stack([spec.normalize(frames)] * 3)
+        server.stop()
+        restart = threading.Thread(target=lambda: (time.sleep(1.0), server.start(timeout_s=STARTUP_LIMIT_S)))
+        restart.start()
+        logits = backend.run(batch)
+        restart.join()
+        expected = np.log(tiny_probabilities(frames, spec))
+        np.testing.assert_allclose(logits - logits.max(axis=1, keepdims=True), np.stack([expected - expected.max()] * 3), atol=1e-5)
+        assert backend.retries >= 1
+        backend.close()
+    finally:
+        server.stop()
+
+
+@needs_server
+def test_serve_runs_until_ctrl_c(tiny, tmp_path):
+    export_triton(tiny, tmp_path / "repo")
+    ports = Ports.free()
+    command = [sys.executable, "-m", "export.triton", "serve", str(tmp_path / "repo"), "--server-dir", str(SERVER_FILES.root),
+               "--grpc-port", str(ports.grpc), "--http-port", str(ports.http), "--metrics-port", str(ports.metrics)]
+    log = tmp_path / "serve.log"
+    with open(log, "w") as output:
+        proc = subprocess.Popen(command, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + STARTUP_LIMIT_S
+        while "tritonserver ready" not in log.read_text(errors="replace"):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
+            time.sleep(0.2)
+        assert f"gRPC 127.0.0.1:{ports.grpc}" in log.read_text(errors="replace")
+        TritonBackend(load_model_source(tiny), server=f"127.0.0.1:{ports.grpc}").close()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+        assert not TritonServer(tmp_path / "repo", files=SERVER_FILES, ports=ports).ready()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+# --- Prometheus metrics (runtime.metrics): local ONNX Runtime, no server needed -------------------
+
+
+@pytest.mark.skipif(importlib.util.find_spec("prometheus_client") is None, reason="prometheus_client not installed: pip install prometheus-client")
+def test_metrics_say_what_the_runtime_counted(tiny):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from runtime.metrics import RuntimeMetrics
+
+    metrics = RuntimeMetrics()
+    url = metrics.serve(0)
+    results = []
+    runtime = Runtime(tiny, RuntimeOptions(backend="onnxruntime", max_delay_ms=1, hop=2), on_result=metrics.observing(results.append))
+    metrics.attach(runtime)
+    frames = np.random.default_rng(0).integers(0, 256, (23, 8, 8, 3), dtype=np.uint8)
+    with runtime:
+        stream = runtime.add_push_stream(fps=10, stream_id="cam")
+        for t, frame in enumerate(frames):
+            runtime.push_frame(stream, frame, t / 10)
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for family in text_string_to_metric_families(answer.read().decode()) for s in family.samples}
+    metrics.close()
+    cam = (("stream", "cam"),)
+    assert len(results) == 5
+    assert [samples[(f"dfer_{name}_total", cam)] for name in ("frames", "clips", "results", "clips_dropped", "faults")] == [23, 5, 5, 0, 0]
+    assert samples[("dfer_batch_size_count", ())] == sum(runtime.batch_sizes.values()) and samples[("dfer_batch_size_sum", ())] == 5
+    assert samples[("dfer_backend_seconds_total", ())] == pytest.approx(runtime.backend_seconds)
+    assert samples[("dfer_latency_seconds_count", (("stage", "ready→emitted"),))] == 5
