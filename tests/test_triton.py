@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -39,7 +40,12 @@ from runtime.demo_videos import write_face_video
 from runtime.model import load_model_source
 from runtime.records import EventKind
 from runtime.spec import ModelSpec
-from runtime.triton_backend import SPEC_PARAMETER, TritonBackend, parse_triton_url, served_name
+from runtime.triton_backend import (
+    SPEC_PARAMETER,
+    TritonBackend,
+    parse_triton_url,
+    served_name,
+)
 from tests.test_loader import ROOT, SMALL_S4D, assert_one_line_error, run_cli
 from tests.test_runtime_units import TINY, tiny_probabilities, write_tiny_model
 
@@ -292,6 +298,107 @@ def test_a_batch_waits_out_a_restart_within_its_retries(tiny, tmp_path):
         backend.close()
     finally:
         server.stop()
+
+
+# A runtime process of its own: connects, says so, starts its streams on the parent's "go" (so the
+# two processes' first requests meet in the server's queue), then prints each result with its
+# full-precision probabilities (the CLI's JSON rounds them to 4 places) and its batch count.
+WORKER = """
+import json, sys
+from pathlib import Path
+from runtime.api import Runtime, RuntimeOptions
+model, server, name, max_batch, *videos = sys.argv[1:]
+results, events = [], []
+options = RuntimeOptions(backend="triton", server=server, triton_model=name, max_batch=int(max_batch), hop=8)
+with Runtime(model, options, on_result=results.append, on_event=events.append) as runtime:
+    print("connected", flush=True)
+    sys.stdin.readline()
+    for video in videos:
+        runtime.add_stream(video, stream_id=Path(video).name)
+    assert runtime.wait(timeout=60)
+for r in results:
+    print(json.dumps([r.stream_id, r.track_id, r.clip_index, r.start_s, r.end_s, list(r.probabilities)]))
+print(json.dumps({"requests": sum(runtime.batch_sizes.values()), "faults": [e.cause for e in events if e.is_fault]}))
+"""
+PROCESS_MAX_BATCH = 4  # per request: a server batch of more clips holds requests of both processes
+
+
+def run_two_processes(model, server: TritonServer, name: str, videos: list) -> tuple[dict, int]:
+    """Two runtime processes, half the videos each, on one served model: their results and
+    the requests they sent, all bounded by timeouts."""
+    halves = [[str(v) for v in videos[k::2]] for k in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(model), server.grpc_address, name, str(PROCESS_MAX_BATCH), *half], cwd=ROOT,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for half in halves]
+    try:
+        for proc in procs:
+            assert proc.stdout.readline() == "connected\n", proc.communicate(timeout=30)[1][-3000:]
+        for proc in procs:
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        outputs = [proc.communicate(timeout=60) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    results, requests, lines = {}, 0, 0
+    for proc, (out, err) in zip(procs, outputs):
+        assert proc.returncode == 0, err[-3000:]
+        *answers, summary = [json.loads(line) for line in out.splitlines()]
+        assert summary["faults"] == [], summary
+        requests, lines = requests + summary["requests"], lines + len(answers)
+        results.update({tuple(answer[:5]): answer[5] for answer in answers})
+    assert len(results) == lines  # no clip twice
+    return results, requests
+
+
+def executions(server: TritonServer, name: str) -> tuple[int, int, dict[int, int]]:
+    """The server's own counts for the model (its statistics extension): requests answered,
+    executions of model.py, and executions by batch size (clips in one ONNX Runtime run)."""
+    import tritonclient.grpc
+
+    client = tritonclient.grpc.InferenceServerClient(server.grpc_address)
+    try:
+        (stats,) = client.get_inference_statistics(name, as_json=True)["model_stats"]
+    finally:
+        client.close()
+    by_size = {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in stats.get("batch_stats", [])}
+    return int(stats["inference_stats"]["success"].get("count", 0)), int(stats.get("execution_count", 0)), by_size
+
+
+@needs_server
+def test_two_runtime_processes_share_one_server_whose_batches_hold_clips_of_both(s4d_onnx, tmp_path):
+    """Two models of the same ONNX on one server: "merging" with a 0.5 s dynamic batcher delay,
+    "unbatched" without a dynamic batcher (Triton's default scheduler runs each request alone: the
+    control that shows the merge check can fail; a delay of 0 still merges whatever queued while
+    the instance was busy, so it would be no sure control)."""
+    repository = tmp_path / "repository"
+    export_triton(s4d_onnx, repository, TritonOptions(name="merging", max_batch=8, max_queue_delay_us=500_000, threads=1))
+    config = export_triton(s4d_onnx, repository, TritonOptions(name="unbatched", max_batch=8, threads=1)) / "config.pbtxt"
+    text, found = re.subn(r"dynamic_batching \{[^}]*\}\n", "", config.read_text())
+    assert found == 1
+    config.write_text(text)
+    frames = (150, 130, 110, 100)  # 3 + 3 and 2 + 2 clips: 5 per process, ≥ 2 requests each
+    videos = [write_face_video(tmp_path / f"v{k}.mp4", n, seed=k) for k, n in enumerate(frames)]
+    local, _ = run_videos(s4d_onnx, RuntimeOptions(backend="onnxruntime", threads=1, hop=8), {v.name: v for v in videos})
+    assert len(local) == sum(clip_count(n, 16, 4, 8) for n in frames) == 10
+    server = start_server(repository, tmp_path / "server.log")
+    try:
+        for name in ("merging", "unbatched"):
+            served, requests = run_two_processes(s4d_onnx, server, name, videos)
+            assert served.keys() == local.keys()  # every clip of both processes, once
+            worst = max(np.abs(np.subtract(served[k], local[k])).max() for k in local)
+            answered, executed, by_size = executions(server, name)
+            print(f"{name}: {requests} requests from the two processes, {executed} executions, clips per execution {by_size}, "
+                  f"largest probability difference vs local ONNX Runtime {worst:.2e}")
+            assert worst <= PROBABILITY_ATOL
+            assert answered == requests and sum(k * n for k, n in by_size.items()) == len(local)  # only these clips reached it
+            if name == "merging":  # fewer executions than requests, some with more clips than one process sends
+                assert executed < requests and max(by_size) > PROCESS_MAX_BATCH
+            else:
+                assert executed == requests and max(by_size) <= PROCESS_MAX_BATCH
+    finally:
+        assert server.stop() == 0
 
 
 @needs_server
