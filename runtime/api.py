@@ -341,10 +341,11 @@ class Runtime:
         with self._lock:
             self._events.append(event)
             ended = self._streams.get(stream_id) if kind in _FINAL else None
-            if ended is not None:
-                ended.state = ended.state.to(_FINAL[kind])
         if ended is not None:  # sent by the source's own thread, after its last frame
-            ended.pipeline.end()
+            ended.pipeline.end()  # first: a stream seen ended or failed has its annotated video finished
+            with self._lock:
+                if ended.state is StreamState.RUNNING:  # the host may have stopped it meanwhile
+                    ended.state = ended.state.to(_FINAL[kind])
         if self._on_event is not None:
             try:
                 self._on_event(event)
