@@ -87,7 +87,7 @@ def onnx_manifest(facts: OnnxFacts, previous: Manifest | None) -> Manifest:
     same = previous is not None and previous.onnx.sha256 == facts.onnx.sha256
     meta = facts.metadata
     return Manifest(
-        model=ModelEntry(family=meta.family, checkpoint_sha256=meta.checkpoint_sha256, untrained=meta.untrained,
+        model=ModelEntry(family=meta.family, checkpoint_sha256=meta.checkpoint_sha256, untrained=meta.untrained, demo=meta.demo,
                          spec=meta.spec, config=meta.config),
         input=facts.input,
         outputs=facts.outputs,

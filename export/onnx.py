@@ -143,7 +143,7 @@ def attach_custom_op_functions(proto) -> tuple[str, ...]:
 
 def _set_metadata(proto, loaded, custom_ops: tuple[str, ...], precision: str) -> None:
     metadata = DferMetadata(
-        spec=loaded.spec, family=loaded.family, untrained=loaded.untrained, config=loaded.config,
+        spec=loaded.spec, family=loaded.family, untrained=loaded.untrained, demo=loaded.demo, config=loaded.config,
         checkpoint_sha256=loaded.checkpoint_sha256, custom_ops=custom_ops, precision=precision,
     )
     del proto.metadata_props[:]
@@ -219,7 +219,7 @@ def _verify_and_report(loaded, output: Path, precision: str) -> int:
     started = time.perf_counter()
     agreement, probabilities = against_pytorch(loaded, output, precision)
     print(f"verify   {time.perf_counter() - started:6.1f} s  ONNX Runtime {precision} vs {PYTORCH} on generated clips: {agreement.summary()}")
-    marker = "  (UNTRAINED demo weights: predictions are meaningless)" if loaded.untrained else ""
+    marker = f"  ({loaded.weights_note})" if loaded.weights_note else ""
     for i, probs in enumerate(probabilities):
         best = int(probs.argmax())
         print(f"clip {i}: {loaded.spec.labels[best]} ({probs[best]:.2f}){marker}")

@@ -188,7 +188,7 @@ def _load_source(request: BuildRequest, progress: Progress):
     from models import load
 
     loaded = load(request.source)
-    marker = " (UNTRAINED demo weights)" if loaded.untrained else ""
+    marker = f" ({loaded.weights_note})" if loaded.weights_note else ""
     progress.done("load", started, f"{loaded.family} from {request.source}{marker}")
     return loaded
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from runtime.metadata import weights_note
 from runtime.spec import ModelSpec
 
 if TYPE_CHECKING:
@@ -44,6 +45,16 @@ class LoadedModel:
     def untrained(self) -> bool:
         """True for demo checkpoints: their predictions mean nothing."""
         return bool(self.metadata.get("untrained", False))
+
+    @property
+    def demo(self) -> str:
+        """"distilled" (seeded backbone, head fitted to a FER model), "random", or "" (not a demo)."""
+        return str(self.metadata.get("demo", ""))
+
+    @property
+    def weights_note(self) -> str:
+        """What the CLIs print beside predictions of demo weights ("" for real checkpoints)."""
+        return weights_note(self.untrained, self.demo)
 
 
 def family_module(name: str):

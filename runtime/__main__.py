@@ -27,6 +27,7 @@ import threading
 from dataclasses import replace
 
 from runtime.api import Runtime, RuntimeOptions
+from runtime.metadata import weights_note
 from runtime.post import CompoundOptions
 from runtime.records import Result, StreamEvent, StreamState
 from runtime.sources import FILE, SourceOptions, source_kind
@@ -59,8 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     printer.labels = runtime.spec.labels
     print(f"backend: {runtime.backend.describe()}", file=sys.stderr)
-    if runtime.model.untrained:
-        print("note: UNTRAINED demo weights: predictions are meaningless", file=sys.stderr)
+    note = weights_note(runtime.model.untrained, runtime.model.demo)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:

@@ -126,6 +126,7 @@ class ModelEntry:
     untrained: bool
     spec: ModelSpec
     config: dict = field(default_factory=dict)
+    demo: str = ""  # runtime.metadata.DferMetadata.demo
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,7 @@ class Manifest:
         return cls(
             model=ModelEntry(
                 family=model["family"], checkpoint_sha256=model["checkpoint_sha256"], untrained=model["untrained"],
-                spec=ModelSpec.from_dict(model["spec"]), config=dict(model.get("config", {})),
+                spec=ModelSpec.from_dict(model["spec"]), config=dict(model.get("config", {})), demo=model.get("demo", ""),
             ),
             input=_tensor(data["input"]),
             outputs=tuple(_tensor(t) for t in data["outputs"]),

@@ -33,6 +33,7 @@ class Key:
     UNTRAINED = "dfer.untrained"
     CUSTOM_OPS = "dfer.custom_ops"
     PRECISION = "dfer.precision"
+    DEMO = "dfer.demo"
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class DferMetadata:
     checkpoint_sha256: str = ""
     custom_ops: tuple[str, ...] = ()
     precision: str = "fp32"
+    demo: str = ""  # "distilled" or "random" for demo checkpoints (their note), "" otherwise
 
     def to_props(self) -> dict[str, str]:
         return {
@@ -56,6 +58,7 @@ class DferMetadata:
             Key.UNTRAINED: json.dumps(self.untrained),
             Key.CUSTOM_OPS: json.dumps(list(self.custom_ops)),
             Key.PRECISION: self.precision,
+            Key.DEMO: self.demo,
         }
 
     @classmethod
@@ -73,9 +76,17 @@ class DferMetadata:
                 checkpoint_sha256=props.get(Key.CHECKPOINT_SHA256, ""),
                 custom_ops=tuple(json.loads(props.get(Key.CUSTOM_OPS, "[]"))),
                 precision=props.get(Key.PRECISION, "fp32"),
+                demo=props.get(Key.DEMO, ""),
             )
         except json.JSONDecodeError as err:
             raise ValueError(f"{where}: dfer metadata is not valid JSON ({err})") from err
+
+
+def weights_note(untrained: bool, demo: str) -> str:
+    """What the CLIs print beside predictions of demo weights ("" for real checkpoints)."""
+    if demo == "distilled":
+        return "DISTILLED demo weights (head fitted to a FER model on one video): a demo, not a benchmark model"
+    return "UNTRAINED demo weights: predictions are meaningless" if untrained else ""
 
 
 def write_props(proto, metadata: DferMetadata) -> None:

@@ -29,6 +29,7 @@ class ModelSource:
     family: str
     untrained: bool
     bundle: Bundle | None = None
+    demo: str = ""  # "distilled" / "random" demo weights (runtime.metadata.DferMetadata.demo)
 
     @property
     def has_engines(self) -> bool:
@@ -51,8 +52,9 @@ def load_model_source(path: str | Path) -> ModelSource:
             raise BundleError(f"{path}: its export failed verification ({bundle.manifest.verification.get('failure')}); "
                               f"it would give wrong answers: fix the export, then build the bundle again")
         return ModelSource(path=path, onnx_path=bundle.onnx_path, spec=bundle.spec, family=bundle.family,
-                           untrained=bundle.untrained, bundle=bundle)
+                           untrained=bundle.untrained, bundle=bundle, demo=bundle.manifest.model.demo)
     if not path.is_file():
         raise ValueError(f"model {path} does not exist")
     metadata = read_metadata(path)
-    return ModelSource(path=path, onnx_path=path, spec=metadata.spec, family=metadata.family, untrained=metadata.untrained)
+    return ModelSource(path=path, onnx_path=path, spec=metadata.spec, family=metadata.family, untrained=metadata.untrained,
+                       demo=metadata.demo)
