@@ -137,7 +137,7 @@ class _Printer:
                 f"[{span}]: {result.label} ({p:.2f}), "
                 f"smoothed {result.smoothed_label}"
                 + (f", compound {result.compound.label} ({result.compound.confidence:.2f})" if result.compound else "")
-                + ("  (untrained)" if result.untrained else "")
+                + ("  (demo weights)" if result.untrained else "")
             )
         self._print(line)
 
