@@ -2,13 +2,12 @@
 
     python -m benchmarks.gpu_run --out DIR [--budget-s 540] [--dry-run] [--full] [--stages parity,kernels,models]
 
-On the lent GPU box (device tool ``run``, ``timeout_s`` 600, nothing to ``carry``: this run
-reads no fixture, and the official-fixture kernel tests' files, tests/fixtures/ (~12 MB), travel
-with the working tree, so the old copy into ``.device/shared`` and ``DFER_SHARED`` are gone)::
+On a GPU machine, from the repository root (a 10-minute slot fits the default budget; the run
+reads no fixture, and tests/fixtures/ (~12 MB), which the kernel tests use, is in the tree)::
 
-    PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_run --out $OUT --budget-s 540
+    PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_run --out OUT --budget-s 540
 
-$OUT gets ``results.json`` (every case: status ``done`` / ``failed`` with its error / ``not run:
+OUT gets ``results.json`` (every case: status ``done`` / ``failed`` with its error / ``not run:
 budget``, estimate and elapsed seconds, the check, median and p90) and ``results.md`` (the
 tables: ms, clips/s, GB/s, TFLOP/s, ratios to the official eager run, to a plain copy / plain
 MLP and to the plain-ViT ceiling, the issue-4 targets, device, driver, torch, Triton and CUDA
