@@ -1,7 +1,10 @@
 """The int8/fp8 stages of a build: clips cut from --calib → QDQ ONNX → its accuracy cost.
 
 calibration/ does the work; this module runs it for python -m export.trt, prints each stage
-and makes the manifest's calibration record.
+and makes the manifest's calibration record. The cost stage's line and the manifest's accuracy
+object hold the agreement per fp32 class and the precision's bound (calibration.accuracy:
+ACCURACY_BOUNDS), with whether it was kept and whether a constant answer would have kept it
+too; a cost beyond the bound is reported, not fatal (the verify stage decides the build).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ class CalibrationRecord:
 def calibrate(*, videos: Path, clips: int, fp32: Path, output: Path, spec, precision: str, progress) -> tuple[CalibrationRecord, dict]:
     """Clips from the videos → QDQ ONNX at output → accuracy cost on the held-out clips; the
     calibration record and the accuracy cost (calibration.accuracy_cost)."""
-    from calibration import SCHEMES, accuracy_cost, calibration_clips, quantize
+    from calibration import SCHEMES, accuracy_cost, calibration_clips, cost_summary, quantize
 
     started = time.perf_counter()
     sets = calibration_clips(videos, spec, clips)
@@ -52,12 +55,8 @@ def calibrate(*, videos: Path, clips: int, fp32: Path, output: Path, spec, preci
         result.seconds,
     )
     started = time.perf_counter()
-    cost = accuracy_cost(fp32, output, held.clips, spec.labels)
-    progress.done(
-        "cost", started,
-        f"{precision} QDQ vs fp32 in ONNX Runtime, {cost['clips']} held-out clips: top-1 agreement {cost['top1_agree']:.0%}, "
-        f"max |Δprob| {cost['max_prob_diff']:.1e}, mean KL {cost['mean_kl']:.1e}",
-    )
+    cost = accuracy_cost(fp32, output, held.clips, spec.labels, precision=precision)
+    progress.done("cost", started, f"{precision} QDQ vs fp32 in ONNX Runtime, {cost['clips']} held-out clips: {cost_summary(cost)}")
     scheme = SCHEMES[precision]
     record = CalibrationRecord(
         precision=precision,

@@ -200,7 +200,7 @@ def compare_with_tflite(path: str | Path, model: PackageModel, crops: Crops | No
     crops = crops or face_crops(spec.height, spec.width)
     backend = open_backend(source, "onnxruntime")
     try:
-        ours = softmax(backend.run(spec.normalize_images(crops.images)).astype(np.float64))
+        ours = softmax(backend.run(spec.model_input(crops.images[:, None])).astype(np.float64))  # (N, 1, H, W, 3): N one-frame samples
     finally:
         backend.close()
     grey = crops.images.astype(np.float32) @ np.asarray(LUMA, np.float32)

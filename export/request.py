@@ -15,6 +15,7 @@ from export.builder import BUILDER_MODULES, DEVICE_NAMES
 from export.onnx import MAX_BATCH
 from export.precision import PRECISIONS, Precision, precision
 from runtime.metadata import DferMetadata
+from runtime.spec import INPUT_FORMATS
 
 DEFAULT_CALIB_CLIPS = 32
 
@@ -34,6 +35,7 @@ class BuildRequest:
     timing_cache: Path | None = None  # set by the pipeline for the tensorrt builder
     calib: Path | None = None  # folder of videos for int8/fp8
     calib_clips: int = DEFAULT_CALIB_CLIPS
+    input_format: str | None = None  # None: float for a checkpoint, the file's own for an ONNX (runtime.spec.INPUT_FORMATS)
 
 
 def check_request(request: BuildRequest) -> BuildRequest:
@@ -42,6 +44,8 @@ def check_request(request: BuildRequest) -> BuildRequest:
     if not source.is_file():
         raise ValueError(f"{source}: no such checkpoint or ONNX file")
     wanted = precision(request.precision or "fp16")
+    if request.input_format is not None and request.input_format not in INPUT_FORMATS:
+        raise ValueError(f"unknown --input {request.input_format!r}; choose {' or '.join(INPUT_FORMATS)}")
     if request.builder not in (*BUILDER_MODULES, "auto"):
         raise ValueError(f"unknown builder {request.builder!r}; choose tensorrt, tensorrt-rtx or auto")
     if not 1 <= request.max_batch <= MAX_BATCH:
@@ -83,6 +87,9 @@ def check_onnx_input(request: BuildRequest, meta: DferMetadata) -> None:
     """An ONNX input builds at its own precision; an fp32 one may be calibrated to int8/fp8."""
     if not request.custom_ops and meta.custom_ops:
         raise ValueError(f"{request.source} contains dfer ops; --no-custom-ops applies to checkpoints only")
+    if request.input_format not in (None, meta.spec.input_format):
+        raise ValueError(f"{request.source} takes {meta.spec.input_format} input; for --input {request.input_format} "
+                         f"export the checkpoint again")
     own, wanted = meta.precision, request.precision or meta.precision
     if wanted == own:
         if request.calib is not None:

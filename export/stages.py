@@ -211,7 +211,7 @@ def _export_into(request: BuildRequest, loaded, output: Path, progress: Progress
         return None
     fp32 = _fp32_onnx(request, loaded, output, progress)
     try:
-        spec = loaded.spec if loaded is not None else read_metadata(fp32).spec
+        spec = read_metadata(fp32).spec  # the export's own: a uint8-input graph is calibrated on uint8 clips
         calibrated = calibrate(videos=request.calib, clips=request.calib_clips, fp32=fp32, output=output / PARTIAL_ONNX,
                                spec=spec, precision=precision, progress=progress)
     finally:
@@ -225,11 +225,12 @@ def _export(request: BuildRequest, loaded, path: Path, precision: str, progress:
     from export.onnx import export_onnx
 
     export = PRECISIONS[precision].export
-    result = export_onnx(loaded, path, custom_ops=request.custom_ops, precision=export)
+    input_format = request.input_format or "float"
+    result = export_onnx(loaded, path, custom_ops=request.custom_ops, precision=export, input_format=input_format)
     custom = ", ".join(f"dfer::{op}" for op in result.custom_ops) or "none"
     progress.done(
         "export", 0.0,
-        f"{path.parent / ONNX_NAME} ({export}, {result.size_bytes / 2**20:.1f} MiB, "
+        f"{path.parent / ONNX_NAME} ({export}, {input_format} input, {result.size_bytes / 2**20:.1f} MiB, "
         f"{sum(result.op_counts.values())} nodes, custom ops: {custom})",
         result.seconds,
     )

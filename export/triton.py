@@ -40,7 +40,7 @@ from runtime.model import ModelSource, load_model_source
 from runtime.triton_backend import FAMILY_PARAMETER, SPEC_PARAMETER, UNTRAINED_PARAMETER, served_name
 
 BACKENDS = ("onnxruntime", "tensorrt", "python")
-DATA_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16"}
+DATA_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "uint8": "TYPE_UINT8"}
 MODEL_FILES = {"onnxruntime": "model.onnx", "tensorrt": "model.plan", "python": "model.py"}
 PYTHON_MODEL = Path(__file__).with_name("triton_model.py")
 THREADS_PARAMETER = "intra_op_threads"  # read by export.triton_model

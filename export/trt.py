@@ -3,13 +3,14 @@
     python -m export.trt model.pth [-o name.dfer] [--precision fp16|fp32|int8|fp8]
         [--calib VIDEO_DIR [--calib-clips N]] [--max-batch N] [--opt-batch N]
         [--builder tensorrt|tensorrt-rtx|auto] [--target sm_86,...]
-        [--no-custom-ops] [--no-plugins] [--no-verify]
+        [--input float|uint8] [--no-custom-ops] [--no-plugins] [--no-verify]
 
 Precision lives in the ONNX and every network is built STRONGLY_TYPED (export.builder): fp16
 and fp32 are exports at that precision; int8 and fp8 are the fp32 export calibrated on clips
 cut from the videos under --calib and quantised to a QDQ graph (calibration/), whose accuracy
 cost against fp32 on held-out clips goes into the manifest. A QDQ ONNX (from an earlier bundle)
-builds again without --calib.
+builds again without --calib. ``--input uint8`` exports a graph that takes the decoded uint8
+frames and normalises them itself (export.onnx), so the engine does it on the GPU.
 
 Exit status: 0 built and verified; 1 the builder refused the network; 2 bad input (one line
 says which); 3 no TensorRT builder installed (the ONNX part of the bundle is still written and
@@ -31,6 +32,7 @@ from export.builder import BuildError, NoBuilderError
 from export.request import DEFAULT_CALIB_CLIPS, BuildRequest
 from export.stages import Progress, build_bundle, write_onnx_part
 from export.verify import VerificationFailed
+from runtime.spec import INPUT_FORMATS
 
 __all__ = ["BuildRequest", "NoBuilderError", "Progress", "build_bundle", "main", "write_onnx_part"]
 
@@ -55,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         verify=not args.no_verify,
         calib=Path(args.calib) if args.calib else None,
         calib_clips=args.calib_clips,
+        input_format=args.input,
     )
     try:
         build_bundle(request)
@@ -86,6 +89,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--opt-batch", type=int, help="batch TensorRT tunes for (default min(4, max batch))")
     parser.add_argument("--builder", default="auto", help="tensorrt, tensorrt-rtx or auto (default)")
     parser.add_argument("--target", default="", help="comma-separated GPU targets, e.g. sm_86,sm_89 (TensorRT-RTX)")
+    parser.add_argument("--input", choices=INPUT_FORMATS,
+                        help="what the graph takes: float (normalised clips; default for checkpoints) or uint8 (decoded frames, normalised in the graph)")
     parser.add_argument("--no-custom-ops", action="store_true", help="export the plain graph, no dfer nodes")
     parser.add_argument("--no-plugins", action="store_true", help="inline the dfer ops even where plugins exist")
     parser.add_argument("--no-verify", action="store_true", help="skip verification (with it, a disagreement beyond the tolerance exits with 4)")

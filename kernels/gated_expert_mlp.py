@@ -17,12 +17,16 @@ where H is the FFN hidden width; x and h are (..., D).
 
 Fixed-gates mode (FineCLIPER's MLP-parallel adapter, AdaptFormer-style): no router columns
 (W1cat (D, H + E·F), b1cat (H + E·F,)) and constant gates ``fixed_gates`` (E floats, e.g. one
-adapter scaled by s) instead of ``top_k``. Its ONNX export is the plain decomposition in
-standard ops, not a custom node: the dfer::GatedExpertMLP node and its ONNX function are
-router-only.
+adapter scaled by s) instead of ``top_k``. ``ffn_activation`` picks the FFN columns' activation:
+"gelu" (erf, S4D) or "quick_gelu" (x·σ(1.702x), CLIP's MLP); the experts always use GELU.
+During export a fixed-gates call is a dfer::GatedExpertMLP node with attributes num_experts,
+expert_dim, fixed_gates (floats) and ffn_activation (string), and no top_k; the routed node is
+unchanged. An ONNX function body cannot branch on an attribute without ``If`` (which TensorRT
+graphs avoid), so a model holds the one function its nodes need (``onnx_function_for``): the
+routed one, or the fixed-gates one for its FFN activation.
 
 The Triton kernels (CUDA, or CPU under ``TRITON_INTERPRET=1``) are the two GEMMs: GEMM 1 writes
-the GELU hidden (x's dtype) and the router logits (fp32, so fp16 rounding cannot reorder
+the GELU hidden (x's dtype; QuickGELU on the FFN columns when asked) and the router logits (fp32, so fp16 rounding cannot reorder
 near-tied experts); GEMM 2's prologue turns each row's logits into top-k softmax gates, its
 K loop runs the FFN columns and then each expert's columns into a separate fp32 partial sum that
 is scaled by the row's gate together with that expert's bias, and its epilogue adds fc2's bias
@@ -58,18 +62,36 @@ def pack_gated_expert_weights(
     return w1cat, b1cat, w2cat, b2cat
 
 
+FFN_ACTIVATIONS = ("gelu", "quick_gelu")
+QUICK_GELU_ALPHA = 1.702  # CLIP's QuickGELU: x * sigmoid(1.702 x)
+
+
 def gated_expert_mlp(
     x, h, w1cat, b1cat, w2cat, b2cat, *, num_experts: int, top_k: int | None = None, expert_dim: int,
-    fixed_gates=None, use_kernel: bool = False,
+    fixed_gates=None, ffn_activation: str = "gelu", use_kernel: bool = False,
 ):  # fmt: skip
     """x + MLP(h) + gated experts(h): routed by the top-k router, or with ``fixed_gates``.
 
-    During ONNX export a routed call is one dfer custom node and a fixed-gates call the plain
-    decomposition; with ``use_kernel`` and x on CUDA (never while exporting) the Triton kernels
-    run; otherwise the PyTorch reference, CPU included.
+    During ONNX export each call is one dfer custom node (routed or fixed-gates attributes);
+    with ``use_kernel`` and x on CUDA (never while exporting) the Triton kernels run; otherwise
+    the PyTorch reference, CPU included.
     """
-    _check_shapes(x, h, w1cat, b1cat, w2cat, b2cat, num_experts, top_k, expert_dim, fixed_gates)
-    if emit_custom_op() and fixed_gates is None:
+    _check_shapes(x, h, w1cat, b1cat, w2cat, b2cat, num_experts, top_k, expert_dim, fixed_gates, ffn_activation)
+    if emit_custom_op() and fixed_gates is not None:
+        return torch.onnx.ops.symbolic(
+            f"{ONNX_DOMAIN}::{OP_NAME}",
+            [x, h, w1cat, b1cat, w2cat, b2cat],
+            attrs={
+                "num_experts": num_experts, "expert_dim": expert_dim, "fixed_gates": [float(g) for g in fixed_gates],
+                "ffn_activation": ffn_activation,
+            },
+            dtype=x.dtype,
+            shape=x.shape,
+            version=ONNX_DOMAIN_VERSION,
+        )
+    if emit_custom_op():
+        if ffn_activation != "gelu":
+            raise ValueError(f"GatedExpertMLP: the routed node exports with a gelu FFN only, got {ffn_activation!r}")
         return torch.onnx.ops.symbolic(
             f"{ONNX_DOMAIN}::{OP_NAME}",
             [x, h, w1cat, b1cat, w2cat, b2cat],
@@ -78,20 +100,25 @@ def gated_expert_mlp(
             shape=x.shape,
             version=ONNX_DOMAIN_VERSION,
         )
-    options = dict(num_experts=num_experts, top_k=top_k, expert_dim=expert_dim, fixed_gates=fixed_gates)
+    options = dict(num_experts=num_experts, top_k=top_k, expert_dim=expert_dim, fixed_gates=fixed_gates,
+                   ffn_activation=ffn_activation)  # fmt: skip
     if use_kernel and x.is_cuda and not torch.onnx.is_in_onnx_export():
         return gated_expert_mlp_triton(x, h, w1cat, b1cat, w2cat, b2cat, **options)
     return gated_expert_mlp_ref(x, h, w1cat, b1cat, w2cat, b2cat, **options)
 
 
 def gated_expert_mlp_ref(
-    x, h, w1cat, b1cat, w2cat, b2cat, *, num_experts: int, top_k: int | None = None, expert_dim: int, fixed_gates=None
-):
+    x, h, w1cat, b1cat, w2cat, b2cat, *, num_experts: int, top_k: int | None = None, expert_dim: int, fixed_gates=None,
+    ffn_activation: str = "gelu",
+):  # fmt: skip
     """Pure-PyTorch reference of the op (dense-masked, deterministic top-k or fixed gates)."""
     hidden_width = w2cat.shape[0]
     ffn_width = hidden_width - num_experts * expert_dim
     pre = torch.matmul(h, w1cat) + b1cat
     hidden = F.gelu(pre[..., :hidden_width])
+    if ffn_activation == "quick_gelu":
+        ffn_pre = pre[..., :ffn_width]
+        hidden = torch.cat([ffn_pre * torch.sigmoid(QUICK_GELU_ALPHA * ffn_pre), hidden[..., ffn_width:]], -1)
     if fixed_gates is None:
         gates = top_k_gates(pre[..., hidden_width:], top_k)
     else:
@@ -110,8 +137,12 @@ def top_k_gates(logits: torch.Tensor, top_k: int) -> torch.Tensor:
     return (probs.unsqueeze(-1) * one_hot).sum(-2)
 
 
-def _check_shapes(x, h, w1cat, b1cat, w2cat, b2cat, num_experts, top_k, expert_dim, fixed_gates=None) -> None:
+def _check_shapes(
+    x, h, w1cat, b1cat, w2cat, b2cat, num_experts, top_k, expert_dim, fixed_gates=None, ffn_activation="gelu"
+) -> None:  # fmt: skip
     dim = x.shape[-1]
+    if ffn_activation not in FFN_ACTIVATIONS:
+        raise ValueError(f"GatedExpertMLP: ffn_activation must be one of {', '.join(FFN_ACTIVATIONS)}, got {ffn_activation!r}")
     if h.shape != x.shape:
         raise ValueError(f"GatedExpertMLP: h {tuple(h.shape)} must have the shape of x {tuple(x.shape)}")
     if fixed_gates is None:
@@ -154,10 +185,11 @@ _GROUP_M = 8  # row tiles that share the column tiles' weights in L2
 
 
 def gated_expert_mlp_triton(
-    x, h, w1cat, b1cat, w2cat, b2cat, *, num_experts: int, top_k: int | None = None, expert_dim: int, fixed_gates=None
-):
+    x, h, w1cat, b1cat, w2cat, b2cat, *, num_experts: int, top_k: int | None = None, expert_dim: int, fixed_gates=None,
+    ffn_activation: str = "gelu",
+):  # fmt: skip
     """The op on the Triton kernels: same contract and result as gated_expert_mlp_ref."""
-    _check_shapes(x, h, w1cat, b1cat, w2cat, b2cat, num_experts, top_k, expert_dim, fixed_gates)
+    _check_shapes(x, h, w1cat, b1cat, w2cat, b2cat, num_experts, top_k, expert_dim, fixed_gates, ffn_activation)
     check_kernel_inputs(OP_NAME, {"x": x, "h": h, "W1cat": w1cat, "b1cat": b1cat, "W2cat": w2cat, "b2cat": b2cat})
     dim = x.shape[-1]
     x2, h2 = x.reshape(-1, dim).contiguous(), h.reshape(-1, dim).contiguous()
@@ -169,7 +201,9 @@ def gated_expert_mlp_triton(
     routed = fixed_gates is None
     logits = x.new_empty(rows if routed else 1, num_experts, dtype=torch.float32)  # untouched without a router
     gates = logits if routed else _gates_on(x.device, tuple(float(g) for g in fixed_gates))
-    params = _launch_params(x.dtype, num_experts, top_k, routed)
+    ffn_width = hidden_width - num_experts * expert_dim
+    quick_gelu_cols = ffn_width if ffn_activation == "quick_gelu" else 0
+    params = _launch_params(x.dtype, num_experts, top_k, routed, quick_gelu_cols=quick_gelu_cols)
     _launch(
         _gemm1_kernel, rows, width1, params["gemm1"],
         h2, w1cat, b1cat.contiguous(), hidden, logits, rows, dim, hidden_width, width1, *w1cat.stride(),
@@ -177,7 +211,7 @@ def gated_expert_mlp_triton(
     _launch(
         _gemm2_kernel, rows, dim, params["gemm2"],
         hidden, w2cat, b2cat.contiguous(), x2, logits, gates, out,
-        rows, dim, hidden_width, hidden_width - num_experts * expert_dim, num_experts, expert_dim, *w2cat.stride(),
+        rows, dim, hidden_width, ffn_width, num_experts, expert_dim, *w2cat.stride(),
     )  # fmt: skip
     return out.reshape(x.shape)
 
@@ -188,11 +222,16 @@ def _gates_on(device, gates: tuple) -> torch.Tensor:
     return torch.tensor(gates, dtype=torch.float32, device=device)
 
 
-def _launch_params(dtype, num_experts: int, top_k: int | None, routed: bool, interpreter: bool | None = None) -> dict:
-    """Constexprs of both GEMMs beside the autotuned tile (kernels.aot uses the same)."""
+def _launch_params(
+    dtype, num_experts: int, top_k: int | None, routed: bool, interpreter: bool | None = None, quick_gelu_cols: int = 0
+) -> dict:  # fmt: skip
+    """Constexprs of both GEMMs beside the autotuned tile (kernels.aot uses the same).
+
+    QUICK_GELU_COLS: GEMM 1's leading hidden columns that take QuickGELU (CLIP's FFN), 0 for
+    none; a constexpr, so the GELU-only (S4D) kernels compile to the code they had without it."""
     common = {"GROUP_M": _GROUP_M, "DOT_PRECISION": dot_precision(dtype, interpreter)}
     gating = {"TOP_K": top_k if routed else 1, "EXPERTS_P": next_power_of_2(num_experts), "FIXED_GATES": not routed}
-    return {"gemm1": common, "gemm2": dict(common, **gating)}
+    return {"gemm1": dict(common, QUICK_GELU_COLS=quick_gelu_cols), "gemm2": dict(common, **gating)}
 
 
 def _launch(kernel, rows: int, cols: int, meta: dict, *args) -> None:
@@ -230,15 +269,20 @@ def _tile(rows, cols, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.
 def _gemm1_kernel(
     h_ptr, w_ptr, b_ptr, hidden_ptr, logits_ptr, rows, dim, hidden_width, width, stride_wk, stride_wn,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, QUICK_GELU_COLS: tl.constexpr,
 ):  # fmt: skip
-    """hidden = gelu(h · W1[:, :hidden_width] + b); logits = h · W1[:, hidden_width:] + b in fp32."""
+    """hidden = gelu(h · W1[:, :hidden_width] + b) (QuickGELU on the first QUICK_GELU_COLS
+    columns); logits = h · W1[:, hidden_width:] + b in fp32."""
     rm, rn, m_ok, n_ok = _tile(rows, width, BLOCK_M, BLOCK_N, GROUP_M)
     acc = _segment(h_ptr + rm[:, None] * dim, w_ptr, rn, m_ok, n_ok, 0, dim, stride_wk, stride_wn,
                    BLOCK_M, BLOCK_N, BLOCK_K, DOT_PRECISION)  # fmt: skip
     acc += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     is_hidden = rn < hidden_width
-    hidden = gelu(acc).to(hidden_ptr.dtype.element_ty)
+    activated = gelu(acc)
+    if QUICK_GELU_COLS > 0:
+        quick = acc / (1.0 + tl.exp(-1.702 * acc))  # QUICK_GELU_ALPHA
+        activated = tl.where((rn < QUICK_GELU_COLS)[None, :], quick, activated)
+    hidden = activated.to(hidden_ptr.dtype.element_ty)
     tl.store(hidden_ptr + rm[:, None] * hidden_width + rn[None, :], hidden, mask=m_ok[:, None] & is_hidden[None, :])
     router = n_ok & (rn >= hidden_width)
     logits_at = logits_ptr + rm[:, None] * (width - hidden_width) + (rn - hidden_width)[None, :]
@@ -350,7 +394,9 @@ def aot_variants(dim: int = 768, ffn_width: int = 3072, num_experts: int = 8, ex
     """Every compilation kernels.aot makes: both GEMMs × fp32/fp16/bf16 × every autotune tile,
     GEMM 2 routed (top_k of num_experts) and with fixed gates, with alignment promises from
     these (S4D's) sizes; the token count stays free. Weights are row-major (stride 1 along the
-    output features), as an ONNX initializer or a TensorRT weight arrives."""
+    output features), as an ONNX initializer or a TensorRT weight arrives. GEMM 1 with
+    QuickGELU FFN columns (FineCLIPER, QUICK_GELU_COLS = 3072) is not among them yet: no
+    plugin consumes these PTX files so far (README, Kernels)."""
     hidden_width = ffn_width + num_experts * expert_dim
     variants = []
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
@@ -425,5 +471,101 @@ def onnx_function():
         expert_bias = op.Slice(b2cat, one_d, big, zero_d)
         out = op.Add(op.MatMul(hidden, w2cat), base_bias)
         return op.Add(op.Add(x, out), op.MatMul(gates, expert_bias))
+
+    return GatedExpertMLP
+
+
+def onnx_function_for(nodes) -> object:
+    """The function a model's GatedExpertMLP nodes need: routed (S4D) or fixed-gates for their
+    FFN activation. One function per op name fits in a model, so mixed nodes are an error."""
+    kinds = set()
+    for node in nodes:
+        attrs = {a.name: a for a in node.attribute}
+        if "fixed_gates" not in attrs:
+            kinds.add("routed")
+            continue
+        activation = attrs["ffn_activation"].s.decode() if "ffn_activation" in attrs else "gelu"
+        if activation not in FFN_ACTIVATIONS:
+            raise ValueError(f"GatedExpertMLP node {node.name!r}: unknown ffn_activation {activation!r}")
+        kinds.add(activation)
+    if len(kinds) > 1:
+        raise ValueError(
+            f"GatedExpertMLP nodes of several kinds ({', '.join(sorted(kinds))}) cannot share one model-local function"
+        )
+    kind = kinds.pop() if kinds else "routed"
+    return onnx_function() if kind == "routed" else onnx_function_fixed_gates(kind)
+
+
+def onnx_function_fixed_gates(ffn_activation: str = "quick_gelu"):
+    """The fixed-gates op in standard ONNX ops (mirrors gated_expert_mlp_ref with fixed_gates):
+    the gates come from the node's ``fixed_gates`` attribute, the FFN columns take
+    ``ffn_activation`` (the body is the one for that value; the node carries it for plugins)."""
+    from onnxscript import opset18 as op
+    from onnxscript import script
+    from onnxscript.values import Opset
+
+    if ffn_activation not in FFN_ACTIVATIONS:
+        raise ValueError(f"ffn_activation must be one of {', '.join(FFN_ACTIVATIONS)}, got {ffn_activation!r}")
+    dfer = Opset(ONNX_DOMAIN, ONNX_DOMAIN_VERSION)
+    inv_sqrt2 = 1.0 / math.sqrt(2.0)
+    alpha = QUICK_GELU_ALPHA
+
+    # Two bodies, equal but for the FFN activation's two lines (onnxscript turns a Python `if`
+    # into an ONNX If node, which is what this avoids).
+    if ffn_activation == "quick_gelu":
+
+        @script(dfer, default_opset=op)
+        def GatedExpertMLP(x, h, w1cat, b1cat, w2cat, b2cat, num_experts: int, expert_dim: int,
+                           fixed_gates: list[float], ffn_activation: str):  # fmt: skip
+            one_d, zero_d, last = op.Constant(value_ints=[1]), op.Constant(value_ints=[0]), op.Constant(value_ints=[-1])
+            big = op.Constant(value_ints=[9223372036854775807])
+            experts = op.Reshape(op.Constant(value_int=num_experts), one_d)
+            width = op.Reshape(op.Constant(value_int=expert_dim), one_d)
+            gates = op.CastLike(op.Constant(value_floats=fixed_gates), x)
+            hidden_width = op.Shape(w2cat, start=0, end=1)
+            ffn_width = op.Sub(hidden_width, op.Mul(experts, width))
+            pre = op.Add(op.MatMul(h, w1cat), b1cat)
+            ffn_pre = op.Slice(pre, zero_d, ffn_width, last)
+            ffn_act = op.Mul(ffn_pre, op.Sigmoid(op.Mul(ffn_pre, op.CastLike(alpha, x))))
+            expert_pre = op.Slice(pre, ffn_width, big, last)
+            expert_act = op.Mul(
+                op.Mul(expert_pre, op.CastLike(0.5, x)),
+                op.Add(op.CastLike(1.0, x), op.Erf(op.Mul(expert_pre, op.CastLike(inv_sqrt2, x)))),
+            )
+            lead = op.Shape(expert_act, start=0, end=-1)
+            split = op.Reshape(expert_act, op.Concat(lead, experts, width, axis=0))
+            gated = op.Reshape(op.Mul(split, op.Unsqueeze(gates, last)), op.Concat(lead, last, axis=0))
+            hidden = op.Concat(ffn_act, gated, axis=-1)
+            base_bias = op.Squeeze(op.Slice(b2cat, zero_d, one_d, zero_d), zero_d)
+            expert_bias = op.MatMul(gates, op.Slice(b2cat, one_d, big, zero_d))
+            return op.Add(x, op.Add(op.MatMul(hidden, w2cat), op.Add(base_bias, expert_bias)))
+
+        return GatedExpertMLP
+
+    @script(dfer, default_opset=op)
+    def GatedExpertMLP(x, h, w1cat, b1cat, w2cat, b2cat, num_experts: int, expert_dim: int,
+                       fixed_gates: list[float], ffn_activation: str):  # fmt: skip
+        one_d, zero_d, last = op.Constant(value_ints=[1]), op.Constant(value_ints=[0]), op.Constant(value_ints=[-1])
+        big = op.Constant(value_ints=[9223372036854775807])
+        experts = op.Reshape(op.Constant(value_int=num_experts), one_d)
+        width = op.Reshape(op.Constant(value_int=expert_dim), one_d)
+        gates = op.CastLike(op.Constant(value_floats=fixed_gates), x)
+        hidden_width = op.Shape(w2cat, start=0, end=1)
+        ffn_width = op.Sub(hidden_width, op.Mul(experts, width))
+        pre = op.Add(op.MatMul(h, w1cat), b1cat)
+        hidden_pre = op.Slice(pre, zero_d, hidden_width, last)
+        act = op.Mul(
+            op.Mul(hidden_pre, op.CastLike(0.5, x)),
+            op.Add(op.CastLike(1.0, x), op.Erf(op.Mul(hidden_pre, op.CastLike(inv_sqrt2, x)))),
+        )
+        ffn_act = op.Slice(act, zero_d, ffn_width, last)
+        expert_act = op.Slice(act, ffn_width, big, last)
+        lead = op.Shape(expert_act, start=0, end=-1)
+        split = op.Reshape(expert_act, op.Concat(lead, experts, width, axis=0))
+        gated = op.Reshape(op.Mul(split, op.Unsqueeze(gates, last)), op.Concat(lead, last, axis=0))
+        hidden = op.Concat(ffn_act, gated, axis=-1)
+        base_bias = op.Squeeze(op.Slice(b2cat, zero_d, one_d, zero_d), zero_d)
+        expert_bias = op.MatMul(gates, op.Slice(b2cat, one_d, big, zero_d))
+        return op.Add(x, op.Add(op.MatMul(hidden, w2cat), op.Add(base_bias, expert_bias)))
 
     return GatedExpertMLP

@@ -24,10 +24,10 @@ from runtime.spec import ModelSpec
 if TYPE_CHECKING:
     from torch import nn
 
-FAMILIES = ("ifdd", "s4d")
+FAMILIES = ("ifdd", "s4d", "finecliper")
 # Options that only some families understand (given for another family, an error); the others
 # are passed to every family.
-FAMILY_OPTIONS = {"router_mode": ("s4d",)}
+FAMILY_OPTIONS = {"router_mode": ("s4d",), "num_frames": ("finecliper",), "fuse_adapter": ("finecliper",)}
 
 
 @dataclass

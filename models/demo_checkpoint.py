@@ -100,9 +100,9 @@ def backbone_fingerprint(state_dict: dict, family: str) -> tuple[tuple[str, ...]
 
 
 def write_demo_checkpoint(family: str, path: str | Path, seed: int = DEMO_SEED, config: dict | None = None,
-                          head: str = "auto") -> Path:
+                          head: str = "auto", clip_visual: str | Path | None = None) -> Path:
     """Build the family's demo (build_demo) and save it (save_demo)."""
-    return save_demo(*build_demo(family, seed, config, head), path)
+    return save_demo(*build_demo(family, seed, config, head, clip_visual=clip_visual), path)
 
 
 def save_demo(state_dict: dict, meta: dict, path: str | Path) -> Path:
@@ -115,25 +115,40 @@ def save_demo(state_dict: dict, meta: dict, path: str | Path) -> Path:
     return path
 
 
-def build_demo(family: str, seed: int = DEMO_SEED, config: dict | None = None, head: str = "auto") -> tuple[dict, dict]:
+def build_demo(family: str, seed: int = DEMO_SEED, config: dict | None = None, head: str = "auto",
+               clip_visual: str | Path | None = None) -> tuple[dict, dict]:
     """The model built under a fixed seed, with the distilled head put in where it fits (head:
-    auto, distilled or random; see the module docstring): its state_dict and metadata."""
+    auto, distilled or random; see the module docstring): its state_dict and metadata.
+    clip_visual (finecliper only): a CLIP checkpoint whose image tower replaces the random one."""
     if head not in HEAD_MODES:
         raise ValueError(f"head must be one of {', '.join(HEAD_MODES)}, got {head!r}")
-    model = seeded_model(family, seed, config)
+    if clip_visual is not None and family != "finecliper":
+        raise ValueError(f"--clip-visual is for the finecliper family, not {family}")
+    model = seeded_model(family, seed, config, clip_visual)
     state_dict = model.state_dict()
     meta = {"family": family, "untrained": True, "seed": seed, "config": dict(model.config)}
+    if clip_visual is not None:
+        meta["clip_visual"] = str(clip_visual)
     meta.update(_head_meta(family, state_dict, _plain(meta["config"]), head))
     return state_dict, meta
 
 
-def seeded_model(family: str, seed: int, config: dict | None):
+def seeded_model(family: str, seed: int, config: dict | None, clip_visual: str | Path | None = None):
     """The demo's random model: torch.manual_seed(seed), then the family's build_model(config).
-    export.distill_demo fits the shipped heads on exactly this model (seed DEMO_SEED)."""
+    export.distill_demo fits the shipped heads on exactly this model (seed DEMO_SEED). With
+    clip_visual (finecliper), the sizes come from those CLIP weights, which are loaded into it."""
     import torch
 
+    module = family_module(family)
+    visual = None
+    if clip_visual is not None:
+        from models.clip_weights import read_clip_visual
+
+        visual = read_clip_visual(clip_visual)
+        config = {**module.config_from_clip_visual({f"visual.{k}": v for k, v in visual.items()}), **(config or {})}
     torch.manual_seed(seed)
-    return family_module(family).build_model(config)
+    model = module.build_model(config)
+    return model if visual is None else module.load_clip_visual(model, visual)
 
 
 def _head_meta(family: str, state_dict: dict, config: dict, head: str) -> dict:
@@ -141,6 +156,10 @@ def _head_meta(family: str, state_dict: dict, config: dict, head: str) -> dict:
     import torch
 
     random = {"demo": "random", "note": UNTRAINED_NOTE}
+    if family not in HEAD_KEYS:  # finecliper: no fitted head; its class embeddings are seeded unit vectors
+        if head == "distilled":
+            raise HeadMismatch(f"no distilled head ships for {family}; use --head random")
+        return {**random, "note": f"{UNTRAINED_NOTE}; class embeddings are seeded random unit vectors, not text-encoder outputs"}
     if head == "random":
         return random
     try:
@@ -169,6 +188,8 @@ def describe(meta: dict) -> str:
     """What a demo checkpoint's predictions are, in one phrase for printing."""
     if meta.get("demo") == "distilled":
         return f"DISTILLED demo weights, not a benchmark model: head fitted to {meta['teacher']}, UNTRAINED backbone"
+    if meta.get("family") == "finecliper":
+        return "UNTRAINED demo weights, random head: seeded random unit vectors as class embeddings"
     return "UNTRAINED demo weights"
 
 
@@ -180,12 +201,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="JSON object of model config overrides (S4D: reduced sizes for tests)")
     parser.add_argument("--head", choices=HEAD_MODES, default="auto",
                         help="classifier head: the shipped distilled one where it fits (auto), it or fail, or random")
+    parser.add_argument("--clip-visual", metavar="FILE",
+                        help="finecliper: CLIP weights (OpenAI or open_clip naming) for the image tower instead of random ones")
     args = parser.parse_args(argv)
     try:
         config = json.loads(args.config) if args.config else None
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            state_dict, meta = build_demo(args.family, args.seed, config, head=args.head)
+            state_dict, meta = build_demo(args.family, args.seed, config, head=args.head, clip_visual=args.clip_visual)
         path = save_demo(state_dict, meta, args.output)
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)

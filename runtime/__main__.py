@@ -44,11 +44,12 @@ def main(argv: list[str] | None = None) -> int:
             threads=args.threads, max_batch=args.max_batch,
             max_delay_ms=args.max_delay_ms, queue_per_stream=args.queue, hop=args.hop,
             tau_s=args.tau_s, threshold=args.threshold, margin=args.margin, compound=_compound_options(args),
-            frame_step=args.frame_step, annotate=args.annotate,
+            frame_step=args.frame_step, annotate=args.annotate, in_flight=args.in_flight,
         )
         av_options = tuple(_key_value(option) for option in args.av_option)
         source = SourceOptions(loop=args.loop, realtime=args.realtime, max_retries=args.max_retries, av_options=av_options)
         stream_options = StreamOptions(faces=args.faces, detector=args.detector, detect_every=args.detect_every, source=source,
+                                       min_face_score=args.min_face_score,
                                        resize=args.resize)
         metrics = _metrics(args.metrics_port, args.metrics_address)
         on_result = metrics.observing(printer.result) if metrics else printer.result
@@ -168,6 +169,8 @@ def _parser() -> argparse.ArgumentParser:
                         "or triton (a Triton Inference Server: --server)")
     parser.add_argument("--server", metavar="HOST:PORT", help="--backend triton: the Triton server's gRPC address")
     parser.add_argument("--triton-model", metavar="NAME", help="--backend triton: the served model's name (default: the name python -m export.triton gives this file)")
+    parser.add_argument("--in-flight", type=int, metavar="N",
+                        help="--backend triton: requests on the network at once (default 2), so batching goes on while they travel")
     parser.add_argument("--providers", help="ONNX Runtime providers in order: cpu, cuda, tensorrt "
                         "(default: cpu for --backend onnxruntime; cuda, else cpu, for auto)")
     parser.add_argument("--threads", type=int, help="inference threads (default: ONNX Runtime's choice)")
@@ -184,6 +187,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="full: each frame is a face crop (default); detect: find faces with the built-in detector")
     parser.add_argument("--detector", default=StreamOptions.detector, help="built-in detector model: short_range (default) or full_range")
     parser.add_argument("--detect-every", type=int, default=StreamOptions.detect_every, help="run the detector every N frames")
+    parser.add_argument("--min-face-score", type=float, default=StreamOptions.min_face_score,
+                        help="lowest detector score a face keeps (default: the model's, 0.66 short_range / 0.67 full_range)")
     parser.add_argument("--resize", default=StreamOptions.resize, choices=("official", "fast"),
                         help="face crops to the model's size with the spec's own filter as the papers resize (default), "
                              "or swscale's faster bilinear")

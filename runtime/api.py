@@ -6,8 +6,8 @@
         rt.push_frame(camera, rgb_frame, timestamp_s)
 
 Threads: one per decoded source (decode → faces → clip buffers → normalised clips,
-runtime.sources and runtime.streams), one dispatcher (batches → backend → probabilities →
-results, runtime.dispatch) and one for delivery (callbacks or the ``results()`` iterator,
+runtime.sources and runtime.streams), the dispatcher's (batches → backend → probabilities →
+results, with as many batches in flight as the backend takes, runtime.dispatch) and one for delivery (callbacks or the ``results()`` iterator,
 runtime.delivery); runtime.ledger accounts for every clip. A file's decoder waits while its
 stream's queue is full, a live stream drops its oldest clip (runtime.batcher.QueuePolicy).
 ``close()`` stops the sources, then runs every clip still queued and delivers every result
@@ -46,6 +46,7 @@ from runtime.triton_backend import is_triton_url, served_model_source
 from runtime.post import CompoundOptions, PostProcessor, StaticFrames
 from runtime.records import Clip, EventKind, Result, StreamEvent, StreamState
 from runtime.sources import PushSource, VideoSource
+from runtime.stage_clock import StageClock, StageTimes
 from runtime.streams import StreamOptions, StreamPipeline, StreamStats
 from runtime.temporal import TemporalOptions
 
@@ -71,7 +72,9 @@ class RuntimeOptions:
     costs little next to the detector, and the smoothing (in stream time) gains from dense
     samples; raise it to cut inference. annotate: a folder that gets one MP4 per stream,
     <stream id>.mp4, of every frame with its face boxes, track ids and each track's latest
-    smoothed label at the frame's decoding drawn on (runtime.annotate; needs Pillow); None: none."""
+    smoothed label at the frame's decoding drawn on (runtime.annotate; needs Pillow); None: none.
+    in_flight: batches the triton backend has on the network at once (runtime.dispatch; None:
+    its default, runtime.triton_backend.DEFAULT_IN_FLIGHT); local backends run one at a time."""
 
     backend: str = "auto"
     providers: tuple[str, ...] | None = None
@@ -88,6 +91,7 @@ class RuntimeOptions:
     compound: CompoundOptions | None = None
     frame_step: int = 1
     annotate: str | Path | None = None
+    in_flight: int | None = None
 
     def __post_init__(self) -> None:
         TemporalOptions(labels=("any",), **self.temporal)  # the one check of these three
@@ -133,7 +137,7 @@ class Runtime:
         static_labels = None if self.static_model is None else self.static_model.spec.labels
         self.post = PostProcessor(self.spec.labels, options.temporal, options.compound, static_labels)
         self.backend = open_backend(self.model, options.backend, options.providers, options.threads,
-                                    server=options.server, triton_model=options.triton_model)
+                                    server=options.server, triton_model=options.triton_model, in_flight=options.in_flight)
         max_batch = min(options.max_batch, self.backend.max_batch or options.max_batch)
         self._batcher = Batcher(max_batch, options.max_delay_ms / 1e3, options.queue_per_stream)
         self._on_event = on_event
@@ -144,11 +148,13 @@ class Runtime:
         self._ids = itertools.count()
         self._closed = False
         self._latency = LatencyBook()
+        self.stage_clock = StageClock()  # every stream and the dispatcher add their stage times here
         self._ledger = ClipLedger(on_track_end=self._track_ended)
         self._delivery = Delivery(on_result, self._ledger, self._latency)
         self._dispatcher = Dispatcher(
             model=self.model, backend=self.backend, static=self._static, post=self.post, max_batch=max_batch,
             next_batch=self._batcher.next_batch, deliver=self._deliver, ledger=self._ledger, report=self._stream_event,
+            stage_clock=self.stage_clock, in_flight=self.backend.in_flight,
         )
         self._dispatcher.start()
 
@@ -167,7 +173,8 @@ class Runtime:
                              "(the built-in detector), not 'boxes' (boxes come with pushed frames)")
         stream_id = self._new_id(stream_id, location)
         pipeline = self._pipeline(stream_id, options)
-        source = VideoSource(location, options.source, pipeline.feed, functools.partial(self._stream_event, stream_id))
+        source = VideoSource(location, options.source, pipeline.feed, functools.partial(self._stream_event, stream_id),
+                             stage_clock=self.stage_clock)
         self._attach(stream_id, pipeline, source, options)
         source.start()
         return stream_id
@@ -234,6 +241,10 @@ class Runtime:
         """Time in the dispatcher per batch: stack, run, post-process, hand-over."""
         return self._dispatcher.dispatch_seconds
 
+    def stage_times(self) -> StageTimes:
+        """CPU seconds per pipeline stage so far, over every stream (runtime.stage_clock)."""
+        return self.stage_clock.snapshot()
+
     @property
     def batch_sizes(self) -> Counter[int]:
         return self._dispatcher.batch_sizes
@@ -290,7 +301,8 @@ class Runtime:
             self._annotated.add(path)
             annotator = Annotator(path, stream_id, self._labels)
         return StreamPipeline(stream_id, self.spec, self.hop, options, self._enqueue, self._stream_event,
-                              self._ledger.end_track, static_frames, stride=self.stride, annotator=annotator)
+                              self._ledger.end_track, static_frames, stride=self.stride, annotator=annotator,
+                              stage_clock=self.stage_clock)
 
     def _deliver(self, result: Result) -> None:
         """On the dispatcher's thread: the track's label for annotated frames, then delivery."""

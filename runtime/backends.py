@@ -49,6 +49,9 @@ class Backend(ABC):
     input_dtype: np.dtype = np.dtype(np.float32)
     # Why auto chose this backend (the ones it passed over and their reasons); "" when named.
     reason: str = ""
+    # Batches it is built to run at once, each from its own thread (runtime.dispatch): 1 for a
+    # backend that owns the machine's cores or GPU; more for one whose model sits across a network.
+    in_flight: int = 1
 
     @abstractmethod
     def run(self, batch: np.ndarray) -> np.ndarray: ...
@@ -168,34 +171,38 @@ def _open_auto(source: ModelSource, providers, threads) -> Backend:
     raise BackendUnavailable("no backend can run here: " + "; ".join(passed_over))
 
 
-_ONNX_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+_ONNX_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
 
 
-def _open_triton(source: ModelSource, providers, threads, *, server: str | None = None, triton_model: str | None = None) -> Backend:
+def _open_triton(source: ModelSource, providers, threads, *, server: str | None = None, triton_model: str | None = None,
+                 in_flight: int | None = None) -> Backend:
     for option, value in (("providers", providers), ("threads", threads)):
         if value:
             raise ValueError(f"{option} apply to ONNX Runtime; the triton backend runs the model on its server")
     if not server:
         raise ValueError("the triton backend needs the server's gRPC address: --server HOST:PORT (RuntimeOptions.server)")
-    from runtime.triton_backend import TritonBackend  # tritonclient loads only here
+    from runtime.triton_backend import DEFAULT_IN_FLIGHT, TritonBackend  # tritonclient loads only here
 
-    return TritonBackend(source, server=server, model=triton_model)
+    return TritonBackend(source, server=server, model=triton_model, in_flight=in_flight or DEFAULT_IN_FLIGHT)
 
 
 BACKENDS = {"auto": _open_auto, "onnxruntime": _open_onnxruntime, "tensorrt": _open_tensorrt, "triton": _open_triton}
 
 
 def open_backend(source: ModelSource, name: str = "auto", providers: tuple[str, ...] | None = None, threads: int | None = None,
-                 *, server: str | None = None, triton_model: str | None = None) -> Backend:
+                 *, server: str | None = None, triton_model: str | None = None, in_flight: int | None = None) -> Backend:
     """providers: ONNX Runtime's execution providers (None: CPU when named, auto's choice under auto).
-    server/triton_model: the triton backend's server (HOST:PORT, gRPC) and model name."""
+    server/triton_model: the triton backend's server (HOST:PORT, gRPC) and model name; in_flight:
+    its requests at once (None: its default). The local backends run one batch at a time."""
     if providers is not None:
         provider_names(providers)  # a typo fails now, whichever backend ends up running
     chosen = _choose(name, BACKENDS, "backend")
     if chosen == "triton":
-        return _open_triton(source, providers, threads, server=server, triton_model=triton_model)
+        return _open_triton(source, providers, threads, server=server, triton_model=triton_model, in_flight=in_flight)
     if server or triton_model:
         raise ValueError(f"server and triton_model apply to the triton backend, not {chosen}")
+    if in_flight not in (None, 1):
+        raise ValueError(f"in_flight applies to the triton backend; {chosen} runs one batch at a time on this machine")
     return BACKENDS[chosen](source, providers, threads)
 
 

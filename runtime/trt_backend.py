@@ -139,7 +139,7 @@ class TensorRtBackend(Backend):
             raise ValueError(f"{self.engine_info.file}: expected one input and one output, found {inputs} and {outputs}")
         (self._input,), (self._output,) = inputs, outputs
         spec = source.spec
-        self.clip_shape = (3, spec.frames, spec.height, spec.width)
+        self.clip_shape = spec.input_shape(1)[1:]  # (3, T, H, W), or (T, H, W, 3) for a uint8-input engine
         found = tuple(engine.get_tensor_shape(self._input))
         if found[1:] != self.clip_shape:
             raise ValueError(f"{self.engine_info.file}: engine input is {found}, the model's spec says (N, {', '.join(map(str, self.clip_shape))})")

@@ -97,6 +97,25 @@ def test_onnx_function_matches_reference(tokens, dim, ffn, num_experts, expert_d
     assert_close(torch.from_numpy(actual), expected, atol=2e-5, name="ORT vs reference")  # GEMM reassociation
 
 
+@pytest.mark.parametrize("activation", ["gelu", "quick_gelu"])
+@pytest.mark.parametrize("tokens,dim,ffn,num_experts,expert_dim,gates", [
+    (1, 64, 256, 1, 16, (0.5,)), (7, 96, 128, 3, 24, (1.0, -0.5, 2.0)), (197, 128, 512, 1, 32, (0.5,))])
+def test_fixed_gates_onnx_function_matches_reference(tokens, dim, ffn, num_experts, expert_dim, gates, activation):
+    """The fixed-gates node through its function in ONNX Runtime; another gate attribute fails."""
+    fc1, fc2, experts, router = _layers(dim, ffn, num_experts, expert_dim, seed=2)
+    x, h = torch.randn(2, tokens, dim), torch.randn(2, tokens, dim)
+    options = dict(num_experts=num_experts, expert_dim=expert_dim, ffn_activation=activation)
+    with torch.no_grad():
+        w1cat, b1cat, w2cat, b2cat = pack_gated_expert_weights(fc1, fc2, experts, router)
+        weights = (w1cat[:, :-num_experts], b1cat[:-num_experts], w2cat, b2cat)  # no router columns
+        expected = gated_expert_mlp_ref(x, h, *weights, fixed_gates=gates, **options)
+    feeds = {n: t.numpy() for n, t in zip(["x", "h", "w1cat", "b1cat", "w2cat", "b2cat"], (x, h) + weights)}
+    for node_gates, matches in ((gates, True), (tuple(g + 0.25 for g in gates), False)):
+        (actual,) = run_custom_node("GatedExpertMLP", feeds, {"y": tuple(x.shape)}, fixed_gates=list(node_gates), **options)
+        gap = (torch.from_numpy(actual) - expected).abs().max()
+        assert (gap <= 2e-5) == matches, f"gates {node_gates}: max gap {gap}"  # 2e-5: GEMM reassociation, as above
+
+
 def test_shape_errors_name_the_problem():
     fc1, fc2, experts, router = _layers(32, 64, 4, 8)
     weights = pack_gated_expert_weights(fc1, fc2, experts, router)

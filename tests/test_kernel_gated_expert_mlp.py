@@ -7,6 +7,7 @@ a GPU machine the same tests run the compiled, autotuned kernels on CUDA.
 
 from __future__ import annotations
 
+import onnx
 import pytest
 import torch
 import torch.nn.functional as F
@@ -82,12 +83,33 @@ def test_kernel_matches_reference(tokens, dim, ffn, num_experts, expert_dim, top
 
 @pytest.mark.parametrize("dtype,atol,rtol", DTYPES)
 @pytest.mark.parametrize("gates", [(0.25,), (0.5, -1.5), (1.0, 0.0, 2.0)])
-def test_fixed_gates_kernel_matches_reference(gates, dtype, atol, rtol):
+@pytest.mark.parametrize("activation", ["gelu", "quick_gelu"])
+def test_fixed_gates_kernel_matches_reference(gates, activation, dtype, atol, rtol):
     num_experts = len(gates)
     *_, weights = _weights(96, 192, num_experts, 24, routed=False)
     x, h = torch.randn(2, 9, 96), torch.randn(2, 9, 96)
     with torch.no_grad():
-        _check(x, h, weights, dtype, atol, rtol, num_experts=num_experts, expert_dim=24, fixed_gates=gates)
+        _check(x, h, weights, dtype, atol, rtol, num_experts=num_experts, expert_dim=24, fixed_gates=gates,
+               ffn_activation=activation)  # fmt: skip
+
+
+def test_quick_gelu_reaches_only_the_ffn_columns():
+    """CLIP's MLP (QuickGELU) beside a GELU adapter: x + c_proj(qgelu(c_fc h)) + s · up(gelu(down h)),
+    in the kernel and the reference; the GELU-FFN result differs (the check can fail)."""
+    fc1, fc2, experts, weights = _weights(64, 128, 1, 16, routed=False)
+    (down, up), s = experts[0], 0.5
+    x, h = torch.randn(3, 5, 64), torch.randn(3, 5, 64)
+    options = dict(num_experts=1, expert_dim=16, fixed_gates=[s])
+    with torch.no_grad():
+        hidden = fc1(h)
+        want = x + fc2(hidden * torch.sigmoid(1.702 * hidden)) + s * up(F.gelu(down(h)))
+        got = gated_expert_mlp_ref(x, h, *weights, **options, ffn_activation="quick_gelu")
+        kernel = gated_expert_mlp_triton(*(t.to(DEVICE) for t in (x, h, *weights)), **options, ffn_activation="quick_gelu")
+        assert_close(got, want, atol=1e-5, name="quick_gelu reference")  # fp32, sums of ≤ 144 terms
+        assert_close(kernel.cpu(), want, atol=2e-5, name="quick_gelu kernel")  # DTYPES' fp32 bound
+        assert (gated_expert_mlp_ref(x, h, *weights, **options) - want).abs().max() > 1e-3  # GELU FFN: 7e-3 off
+    with pytest.raises(ValueError, match="ffn_activation must be one of gelu, quick_gelu, got 'relu'"):
+        gated_expert_mlp_triton(x, h, *weights, **options, ffn_activation="relu")
 
 
 def test_fixed_gates_reference_is_an_adapter_beside_the_mlp():
@@ -162,27 +184,56 @@ def test_empty_input_gives_empty_output():
     assert out.shape == (0, 32)
 
 
-def test_fixed_gates_export_is_the_plain_decomposition(tmp_path):
-    """No dfer node for fixed gates: the exported graph is standard ops and ONNX Runtime agrees."""
-    import onnx
-
+@pytest.mark.parametrize("custom_ops", [True, False])
+def test_fixed_gates_export(tmp_path, custom_ops):
+    """With custom ops: one dfer::GatedExpertMLP node (fixed-gates attributes, no top_k) backed
+    by its fixed-gates function; without: standard ops only. ONNX Runtime agrees with both."""
+    from export.onnx import OPSET, attach_custom_op_functions
+    from kernels import onnx_custom_ops
     from runtime.backends import onnx_session
 
     *_, weights = _weights(32, 64, 1, 8, routed=False)
 
     class Adapter(nn.Module):
         def forward(self, x, h):
-            return gated_expert_mlp(x, h, *weights, num_experts=1, expert_dim=8, fixed_gates=[0.5], use_kernel=True)
+            return gated_expert_mlp(x, h, *weights, num_experts=1, expert_dim=8, fixed_gates=[0.5],
+                                    ffn_activation="quick_gelu", use_kernel=True)  # fmt: skip
 
     x, h = torch.randn(2, 3, 32), torch.randn(2, 3, 32)
+    with onnx_custom_ops(custom_ops):
+        program = torch.onnx.export(Adapter().eval(), (x, h), input_names=["x", "h"], output_names=["y"],
+                                    dynamo=True, opset_version=OPSET)  # fmt: skip
+    model = program.model_proto
+    custom = [node for node in model.graph.node if node.domain == "dfer"]
+    assert attach_custom_op_functions(model) == (("GatedExpertMLP",) if custom_ops else ())
+    if custom_ops:
+        (node,) = custom
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        assert attrs == {"num_experts": 1, "expert_dim": 8, "fixed_gates": [0.5], "ffn_activation": b"quick_gelu"}
+        assert [f.name for f in model.functions if f.domain == "dfer"] == ["GatedExpertMLP"]
+    else:
+        assert not custom and not any(f.domain == "dfer" for f in model.functions)
+    onnx.checker.check_model(model, full_check=True)
     path = tmp_path / "adapter.onnx"
-    torch.onnx.export(Adapter().eval(), (x, h), path, input_names=["x", "h"], output_names=["y"], dynamo=True)
-    model = onnx.load(path)
-    assert {node.domain for node in model.graph.node} <= {"", "ai.onnx"} and not model.functions
+    onnx.save_model(model, path)
     (got,) = onnx_session(path).run(["y"], {"x": x.numpy(), "h": h.numpy()})
     with torch.no_grad():
-        want = gated_expert_mlp_ref(x, h, *weights, num_experts=1, expert_dim=8, fixed_gates=[0.5])
+        want = gated_expert_mlp_ref(x, h, *weights, num_experts=1, expert_dim=8, fixed_gates=[0.5], ffn_activation="quick_gelu")
     assert_close(torch.from_numpy(got), want, atol=1e-5, name="ORT vs reference")  # fp32
+
+
+def test_routed_and_fixed_nodes_cannot_share_a_model():
+    from onnx import helper
+
+    from kernels.gated_expert_mlp import onnx_function_for
+
+    routed = helper.make_node("GatedExpertMLP", [], [], domain="dfer", num_experts=8, top_k=2, expert_dim=4)
+    fixed = helper.make_node("GatedExpertMLP", [], [], domain="dfer", num_experts=1, expert_dim=4, fixed_gates=[0.5],
+                             ffn_activation="quick_gelu")  # fmt: skip
+    with pytest.raises(ValueError, match=r"several kinds \(quick_gelu, routed\) cannot share one model-local function"):
+        onnx_function_for([routed, fixed])
+    assert "top_k" in onnx_function_for([routed]).to_function_proto().attribute
+    assert "fixed_gates" in onnx_function_for([fixed]).to_function_proto().attribute
 
 
 @needs_cuda

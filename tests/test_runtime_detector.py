@@ -168,6 +168,26 @@ def test_detect_options_are_checked():
     for bad in (0, 1.5, True):
         with pytest.raises(ValueError, match="detect_every must be an integer ≥ 1"):
             StreamOptions(faces="detect", detect_every=bad)
+    for bad in (0, 1.0, 1.5):
+        with pytest.raises(ValueError, match=r"min_face_score must lie in \(0, 1\) or be None"):
+            StreamOptions(faces="detect", min_face_score=bad)
+
+
+def test_cli_min_face_score_is_checked_in_one_line(tmp_path):
+    from tests.test_loader import assert_one_line_error, run_cli
+    from tests.test_runtime_frame_model import write_frame_model
+
+    model = write_frame_model(tmp_path / "frame.onnx")
+    proc = run_cli("runtime", str(model), "--stream", str(tmp_path / "none.mp4"), "--faces", "detect", "--min-face-score", "1.5")
+    assert_one_line_error(proc, "min_face_score must lie in (0, 1) or be None, got 1.5")
+
+
+def test_default_min_score_lies_between_measured_false_hits_and_faces():
+    """runtime.detector.MODELS: title false hits ≤ 0.61 / 0.647, faces ≥ 0.686 / 0.691."""
+    assert 0.61 < MODELS["short_range"].default_min_score < 0.686
+    assert 0.647 < MODELS["full_range"].default_min_score < 0.691
+    for model in MODELS.values():
+        assert model.default_min_score > model.min_score  # stricter than MediaPipe's
 
 
 def write_panning_video(photo: np.ndarray, path: Path, num_frames: int) -> Path:

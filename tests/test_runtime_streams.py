@@ -27,6 +27,7 @@ from runtime.records import EventKind
 from runtime.sources import SourceOptions
 from runtime.streams import StreamOptions
 from runtime.synthetic import synthetic_face_frames
+from tests.test_input_blind import runtime_agrees
 from tests.test_loader import assert_one_line_error, run_cli
 
 SMALL_S4D = {"img_size": 64, "embed_dim": 64, "depth": 4, "num_heads": 4, "moe_layers": [2, 3]}
@@ -153,8 +154,9 @@ def test_results_match_the_model_on_the_same_clips(s4d_onnx, videos):
         logits = session.run(["logits"], {"clip": clips})[0]
         expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
         # Same fp32 model in ORT on the same inputs, only the batch composition differs:
-        # rounding-level differences on probabilities of about 0.15 (observed ≤ 3e-8).
-        np.testing.assert_allclose([r.probabilities for r in mine], expected, atol=1e-5, rtol=0)
+        # rounding-level differences on probabilities of about 0.15 (observed ≤ 3e-8); the mean
+        # output fails this verdict (tests/test_input_blind.py).
+        assert runtime_agrees(expected, [r.probabilities for r in mine])
         assert [r.start_s for r in mine] == pytest.approx([k * HOP * STRIDE / FPS for k in range(len(mine))])
 
 

@@ -10,6 +10,7 @@ manifest, but only NVIDIA's GPU server containers run them: no test here can.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -298,6 +299,42 @@ def test_a_batch_waits_out_a_restart_within_its_retries(tiny, tmp_path):
         backend.close()
     finally:
         server.stop()
+
+
+def run_pushed(model, options: RuntimeOptions, clips_per_stream: int) -> tuple[list, Runtime]:
+    """Four push streams of `clips_per_stream` tiny clips each, pushed before any can finish (a
+    queue deep enough that none is dropped), so the batcher always has the next batch ready."""
+    results = []
+    options = dataclasses.replace(options, queue_per_stream=4 * clips_per_stream, max_delay_ms=1.0)
+    with Runtime(model, options, on_result=results.append) as runtime:
+        streams = [runtime.add_push_stream(fps=FPS, stream_id=s) for s in "abcd"]
+        push_clips(runtime, streams, clips=clips_per_stream, start=0)
+        assert runtime.wait(timeout=120)
+    return results, runtime
+
+
+@needs_server
+def test_several_requests_in_flight_keep_each_tracks_results_in_clip_order(server, tiny):
+    """in_flight 3: more than one request waits on the server at once (the backend's own count),
+    yet every track's results arrive in clip order with the probabilities of one at a time. The
+    control: in_flight 1 never has two (so the peak check can fail)."""
+    one, one_runtime = run_pushed(tiny, RuntimeOptions(backend="triton", server=server.grpc_address, max_batch=2, in_flight=1), 12)
+    three, three_runtime = run_pushed(tiny, RuntimeOptions(backend="triton", server=server.grpc_address, max_batch=2, in_flight=3), 12)
+    print(f"peak requests in flight: {one_runtime.backend.peak_in_flight} with in_flight 1, "
+          f"{three_runtime.backend.peak_in_flight} with in_flight 3; batches {dict(three_runtime.batch_sizes)}")
+    assert one_runtime.backend.peak_in_flight == 1 and 2 <= three_runtime.backend.peak_in_flight <= 3
+    for results in (one, three):
+        for stream in "abcd":  # delivery order = clip order, every clip once
+            assert [r.clip_index for r in results if r.stream_id == stream] == list(range(12))
+    by_clip = {(r.stream_id, r.clip_index): r.probabilities for r in one}
+    assert max(np.abs(np.subtract(r.probabilities, by_clip[(r.stream_id, r.clip_index)])).max() for r in three) <= PROBABILITY_ATOL
+    assert "3 in flight" in three_runtime.backend.details()
+
+
+def test_in_flight_is_the_triton_backends_option(tiny):
+    with pytest.raises(ValueError) as failure:
+        Runtime(tiny, RuntimeOptions(backend="onnxruntime", in_flight=2))
+    assert str(failure.value) == "in_flight applies to the triton backend; onnxruntime runs one batch at a time on this machine"
 
 
 # A runtime process of its own: connects, says so, starts its streams on the parent's "go" (so the
