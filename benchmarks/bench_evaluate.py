@@ -1,6 +1,6 @@
 """Evaluator throughput on the CPU (videos/s, clips/s): batch 1 against the batch it picks.
 
-    python -m pytest benchmarks/bench_evaluate.py -s      # table at the end, numbers in extra_info
+    python -m pytest benchmarks/bench_evaluate.py -s [--bench-short]   # table at the end, numbers in extra_info
 
 Full-size IFDD (224², 16 frames, merged logits) and S4D (160², 16 frames every 4th, two
 segments, merged softmax) with untrained demo weights, plus the reduced S4D of the tests, on
@@ -8,17 +8,19 @@ ONNX Runtime CPU with DFER_BENCH_THREADS threads (default: all cores). The video
 generated H.264 face crops: IFDD's 32 frames at 224² (two clips, no resize, as DFEW's frames),
 S4D's 130 frames at 192² (two distinct segments, resized to 160² as Pillow would).
 ``decode+cut`` is the share of wall time outside the backend: decoding, resizing, normalising.
+The baseline of each case is its batch 1 (``ratio_to_baseline`` in seconds per clip); the short
+mode runs the reduced S4D only.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 import pytest
 
 import models
+from benchmarks import suite
 from export.onnx import export_onnx
 from models.demo_checkpoint import write_demo_checkpoint
 from runtime.backends import open_backend
@@ -27,7 +29,7 @@ from runtime.evaluate import DEFAULT_BATCH, Evaluator
 from runtime.model import load_model_source
 from runtime.videoset import VideoEntry
 
-THREADS = int(os.environ.get("DFER_BENCH_THREADS", os.cpu_count() or 1))
+THREADS = suite.THREADS
 SMALL_S4D = {"img_size": 64, "embed_dim": 64, "depth": 4, "num_heads": 4, "moe_layers": [2, 3]}
 # case → (family, model config, videos, frames per video, video size)
 CASES = {
@@ -58,7 +60,7 @@ def prepared(tmp_path_factory):
 
 
 @pytest.mark.parametrize("batch", BATCHES)
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", ["s4d-small"] if suite.short() else list(CASES))
 def test_evaluator_throughput(benchmark, prepared, case, batch):
     onnx_path, videos = prepared(case)
     source = load_model_source(onnx_path)
@@ -72,7 +74,7 @@ def test_evaluator_throughput(benchmark, prepared, case, batch):
         runs.append((time.perf_counter() - start, evaluator))
         return results
 
-    results = benchmark.pedantic(run, rounds=2, iterations=1, warmup_rounds=1)
+    results = benchmark.pedantic(run, rounds=suite.rounds(2), iterations=1, warmup_rounds=suite.rounds(1, 0))
     backend.close()
     seconds, evaluator = min(runs, key=lambda r: r[0])
     assert len(results) == len(videos)
@@ -82,7 +84,8 @@ def test_evaluator_throughput(benchmark, prepared, case, batch):
         "decode_cut_share": 1 - evaluator.backend_seconds / seconds,
         "threads": THREADS,
     }
-    benchmark.extra_info.update(info)
+    suite.record(benchmark, kind="evaluate", case=f"evaluate/{case}/b{batch}", baseline=f"evaluate/{case}/b1", batch=batch,
+                 seconds=seconds / evaluator.clips_run, videos=len(videos), clips=evaluator.clips_run, **info)
     _rows.append(f"{case:>10} batch {batch:>2}: {info['videos_per_s']:7.2f} videos/s {info['clips_per_s']:7.2f} clips/s "
                  f"({evaluator.clips_run} clips, decode+cut {100 * info['decode_cut_share']:.0f} % of the time)")
 

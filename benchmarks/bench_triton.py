@@ -17,14 +17,16 @@ Needs tritonclient[grpc] and the server (python -m export.triton install-server)
   statistics), above the processes' mean request when its dynamic batcher merged requests of
   both. Triton twice: the export's default max_queue_delay (2 ms) and --wait-us (a second
   model of the same ONNX; default 50 ms, the runtime's own max_delay_ms), long enough for the
-  other process's request to join. The delay counts from a request's arrival, and each process
-  has one request in flight: under a backlog the one instance alternates between the two
-  processes and its queue never holds two requests, so the merges come when it idles (paced
-  streams, the first requests of a pushed case).
+  other process's request to join. The delay counts from a request's arrival; each process
+  has up to RuntimeOptions.in_flight requests out (default 2), so under a backlog the server's
+  queue holds requests of both processes and its dynamic batcher merges them.
   Local ONNX Runtime processes split the threads (--threads // P each): both sides use the
   same cores.
 
-Not a test: it prints one table (and writes it with --json PATH).
+As a script it prints one table (and writes it with --json PATH). In the suite
+(``python -m pytest benchmarks/bench_triton.py [--bench-short]``) the ``run`` and ``pushed`` cases
+are cases of their own, each against local ONNX Runtime in the same run (seconds per clip);
+they skip without tritonclient or the server.
 """
 
 from __future__ import annotations
@@ -43,10 +45,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import suite  # noqa: E402
 from export.triton import TritonOptions, export_triton  # noqa: E402
 from export.triton_server import Ports, TritonServer  # noqa: E402
 from runtime.api import Runtime, RuntimeOptions  # noqa: E402
@@ -274,6 +278,61 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": machine, "startup_s": startup, "rows": rows}, indent=2))
     return 0
+
+
+# --- pytest-benchmark ------------------------------------------------------------------------
+
+SUITE_CLIPS, SUITE_CALLS = (16, 5) if suite.short() else (128, 50)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """(model, running server) for the suite's cases; a skip saying what is missing."""
+    pytest.importorskip("tritonclient.grpc", reason="tritonclient not installed: pip install 'tritonclient[grpc]'")
+    from export.triton_server import ServerFiles, ServerMissing
+
+    try:
+        ServerFiles.find()
+    except ServerMissing as err:
+        pytest.skip(str(err))
+    folder = tmp_path_factory.mktemp("triton")
+    model = export_model(folder)
+    export_triton(model, folder / "repository", TritonOptions(max_batch=MAX_BATCH, threads=suite.THREADS))
+    server = TritonServer(folder / "repository", ports=Ports.free(), log=folder / "server.log")
+    server.start()
+    yield model, server
+    server.stop()
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "triton"])
+@pytest.mark.parametrize("case,size", [("run", 1), ("run", MAX_BATCH), ("pushed", 8)])
+def test_triton_against_local(benchmark, served, case, size, backend):
+    model, server = served
+    options = options_for(backend, server.grpc_address, suite.THREADS, queue=SUITE_CLIPS)
+    if case == "run":
+        with Runtime(model, options) as runtime:
+            row = benchmark.pedantic(run_calls, args=(runtime, size, SUITE_CALLS), rounds=1, iterations=1)
+    else:
+        row = benchmark.pedantic(run_pushed, args=(model, options, size, SUITE_CLIPS), rounds=1, iterations=1)
+    mode = row.pop("case")
+    benchmark.group = f"triton {mode}"
+    suite.record(benchmark, kind="triton", case=f"triton/{mode}/{backend}", baseline=f"triton/{mode}/onnxruntime",
+                 batch=size if case == "run" else None, seconds=1 / row["clips_per_s"], backend=backend, mode=mode,
+                 p95_ms=None, **row)
+
+
+@pytest.mark.parametrize("in_flight", [1, 2, 4])
+def test_triton_requests_in_flight(benchmark, served, in_flight):
+    """8 pushed streams in batches of 8 with 1, 2 or 4 requests on the network at once: what
+    keeping the server's queue non-empty buys (baseline: one at a time)."""
+    model, server = served
+    options = replace(options_for("triton", server.grpc_address, suite.THREADS, queue=SUITE_CLIPS), max_batch=8,
+                      in_flight=in_flight)
+    row = benchmark.pedantic(run_pushed, args=(model, options, 8, SUITE_CLIPS), rounds=1, iterations=1)
+    mode = f"{row.pop('case')}, {in_flight} in flight"
+    benchmark.group = "triton requests in flight"
+    suite.record(benchmark, kind="triton", case=f"triton/in-flight/{in_flight}", baseline="triton/in-flight/1",
+                 batch=8, seconds=1 / row["clips_per_s"], backend="triton", mode=mode, p95_ms=None, in_flight=in_flight, **row)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@
 Each video goes through the runtime's own torch-free pieces: a VideoSource decodes it (PyAV,
 stream timestamps), a StreamPipeline in face mode ``full`` samples every ``frame_stride``-th
 frame into a ClipBuffer and emits a clip every ``hop`` samples (the runtime's default hop is
-the clip length), and ModelSpec.normalize makes the model input. So the ranges the quantiser
-sees are those of the inputs the deployed engine will get.
+the clip length), and ModelSpec.model_input makes the model input (normalised clips, or the
+uint8 frames themselves for a graph that normalises inside). So the ranges the quantiser sees
+are those of the inputs the deployed engine will get.
 
 The folder is split by video, not by clip: the last quarter of the videos (sorted by path, at
 least one) is held out for the accuracy report, so no held-out clip shares a video with a
@@ -31,7 +32,8 @@ BROKEN = (EventKind.FAILED, EventKind.DECODE_ERROR, EventKind.TRUNCATED)
 
 @dataclass(frozen=True)
 class ClipSet:
-    """Clips (N, 3, T, H, W) float32 and the videos they came from."""
+    """Model inputs (N, 3, T, H, W) float32, or (N, T, H, W, 3) uint8 for a uint8-input graph,
+    and the videos they came from."""
 
     clips: np.ndarray
     videos: tuple[Path, ...]
@@ -61,8 +63,8 @@ def video_files(folder: str | Path) -> list[Path]:
 
 
 def cut_clips(video: str | Path, spec: ModelSpec, hop: int | None = None, limit: int | None = None) -> list[np.ndarray]:
-    """The first ``limit`` (default all) normalised clips (3, T, H, W) the runtime makes of one
-    video file, in order. ValueError naming the file when it cannot be opened or decoded cleanly."""
+    """The first ``limit`` (default all) model inputs (ModelSpec.model_input) the runtime makes
+    of one video file, in order. ValueError naming the file when it cannot be opened or decoded cleanly."""
     if spec.layout != "NCTHW":
         raise ValueError(f"calibration cuts clips for NCTHW clip models; this model's layout is {spec.layout}")
     clips, broken = [], []

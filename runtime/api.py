@@ -379,7 +379,7 @@ class Runtime:
             decode_errors=stream.source.decode_errors, clips_ready=c.clips_ready,
             clips_invalidated=stream.pipeline.clips_invalidated, clips_dropped=c.clips_dropped,
             clips_failed=c.clips_failed, results=c.results, tracks_evicted=stream.pipeline.tracks_evicted,
-            faults=c.faults,
+            faults=c.faults, landmarks_missed=stream.pipeline.landmarks_missed,
         )
 
 

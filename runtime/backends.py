@@ -38,8 +38,21 @@ class BackendClosed(ValueError):
     as Python's own for a closed file (and the tensorrt backend's)."""
 
 
+# What an exported graph's inputs are called (export.onnx): the clip, then a landmarks model's renderings.
+GRAPH_INPUTS = ("clip", "landmarks")
+
+
+def refuse_landmarks(source: ModelSource, backend: str) -> None:
+    """BackendUnavailable for a landmarks model (two inputs) on a backend that feeds one."""
+    if source.spec.landmarks:
+        raise BackendUnavailable(f"the {backend} backend feeds one input; {source.path.name} also takes landmark renderings "
+                                 f"(spec landmarks): run it with --backend onnxruntime")
+
+
 class Backend(ABC):
-    """Runs batches of normalised clips (N, 3, T, H, W) → logits (N, classes)."""
+    """Runs batches of normalised clips (N, 3, T, H, W) → logits (N, classes); a landmarks
+    model (ModelSpec.landmarks) also takes the clips' renderings, shaped like the clips. Only
+    ONNX Runtime feeds that second input; the others refuse such a model when they open."""
 
     name: str
     # Largest batch the backend accepts (an engine's optimisation profile); None: any.
@@ -54,7 +67,7 @@ class Backend(ABC):
     in_flight: int = 1
 
     @abstractmethod
-    def run(self, batch: np.ndarray) -> np.ndarray: ...
+    def run(self, batch: np.ndarray, landmarks: np.ndarray | None = None) -> np.ndarray: ...
 
     def input_buffer(self, shape: tuple[int, ...]) -> np.ndarray:
         """Where the caller should stack batches: a GPU backend hands out pinned host memory,
@@ -118,20 +131,29 @@ class OnnxRuntimeBackend(Backend):
         used = self._session.get_providers()
         if wanted[0] not in used:
             raise BackendUnavailable(f"ONNX Runtime could not start {wanted[0]} (session runs on {', '.join(used)}): {_why_no_gpu_provider()}")
-        (clip,) = self._session.get_inputs()
-        self._input, self._output = clip.name, self._session.get_outputs()[0].name
+        graph_inputs = self._session.get_inputs()
+        names = [i.name for i in graph_inputs]
+        wanted_names = list(GRAPH_INPUTS[: 2 if source.spec.landmarks else 1])
+        if len(names) != len(wanted_names) or (source.spec.landmarks and names != wanted_names):
+            raise ValueError(f"{source.onnx_path}: the graph takes inputs {names}; its metadata says {wanted_names} "
+                             f"(landmarks: {source.spec.landmarks})")
+        self._inputs, self._output = names, self._session.get_outputs()[0].name
         expected = list(source.spec.input_shape(1)[1:])
-        if list(clip.shape[1:]) != expected:
-            raise ValueError(f"{source.onnx_path}: model input is {clip.shape}, its metadata says (N, {', '.join(map(str, expected))})")
-        if clip.type not in _ONNX_TYPES:
-            raise ValueError(f"{source.onnx_path}: model input is {clip.type}; the runtime feeds {' or '.join(_ONNX_TYPES)}")
-        self.input_dtype = np.dtype(_ONNX_TYPES[clip.type])
+        for clip in graph_inputs:
+            if list(clip.shape[1:]) != expected:
+                raise ValueError(f"{source.onnx_path}: model input {clip.name} is {clip.shape}, its metadata says (N, {', '.join(map(str, expected))})")
+            if clip.type not in _ONNX_TYPES or clip.type != graph_inputs[0].type:
+                raise ValueError(f"{source.onnx_path}: model input {clip.name} is {clip.type}; the runtime feeds {' or '.join(_ONNX_TYPES)}, one for every input")
+        self.input_dtype = np.dtype(_ONNX_TYPES[graph_inputs[0].type])
         self.providers = tuple(used)
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    def run(self, batch: np.ndarray, landmarks: np.ndarray | None = None) -> np.ndarray:
         if self._session is None:
             raise BackendClosed("the onnxruntime backend is closed")
-        return self._session.run([self._output], {self._input: batch})[0]
+        given = [batch] if landmarks is None else [batch, landmarks]
+        if len(given) != len(self._inputs):
+            raise ValueError(f"this model takes {' and '.join(self._inputs)}; got {len(given)} input(s)")
+        return self._session.run([self._output], dict(zip(self._inputs, given)))[0]
 
     def details(self) -> str:
         return f"onnxruntime ({', '.join(self.providers)})"

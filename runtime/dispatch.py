@@ -56,7 +56,7 @@ class _InFlight:
     given back once the backend has answered."""
 
     batch: list[Clip]
-    slot: np.ndarray
+    slot: tuple[np.ndarray, ...]  # one buffer per graph input: the clips (and a landmarks model's renderings)
     dispatched: float
     future: Future
 
@@ -91,9 +91,9 @@ class Dispatcher:
         # Input buffers reused by every batch: stacking 32 clips of 64×64 into a fresh array took
         # 15 ms (page faults), into a reused one 4.4 ms (2-core dev box).
         shape = model.spec.input_shape(max_batch)
-        self._free_slots: queue.Queue[np.ndarray] = queue.Queue()
+        self._free_slots: queue.Queue[tuple[np.ndarray, ...]] = queue.Queue()
         for _ in range(in_flight):
-            self._free_slots.put(backend.input_buffer(shape))
+            self._free_slots.put(tuple(backend.input_buffer(shape) for _ in range(2 if model.spec.landmarks else 1)))
         self._submitted: queue.Queue[_InFlight | None] = queue.Queue()
         self._pool = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="runtime backend")
         self.backend_seconds = 0.0
@@ -145,14 +145,16 @@ class Dispatcher:
             self.stage_clock.count_clips(len(batch))
             self.dispatch_seconds += time.perf_counter() - flight.dispatched
 
-    def _infer(self, batch: list[Clip], slot: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, float, float]:
+    def _infer(self, batch: list[Clip], slot: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray | None, float, float]:
         """On a pool thread: the batch copied into its slot and run; (probabilities, static model
         probabilities or None, backend start, done). Whatever fails here fails this batch only."""
         with self.stage_clock.cpu(Stage.ASSEMBLE):
-            inputs = slot[: len(batch)]
+            inputs, *renderings = (buffer[: len(batch)] for buffer in slot)
             np.stack([clip.data for clip in batch], out=inputs)
+            if renderings:
+                np.stack([clip.landmark_data for clip in batch], out=renderings[0])
         started = time.perf_counter()
-        logits = self.backend.run(inputs)
+        logits = self.backend.run(inputs, landmarks=renderings[0]) if renderings else self.backend.run(inputs)
         done = time.perf_counter()
         probabilities = softmax(checked_logits(logits, len(batch), self.model.spec.num_classes, "model"))
         static = None if self.static is None else self.static.probabilities(batch)

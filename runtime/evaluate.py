@@ -115,6 +115,9 @@ class Evaluator:
     def __init__(self, model: ModelSource, backend: Backend, batch: int = DEFAULT_BATCH, protocol: Protocol | None = None):
         if batch < 1:
             raise ValueError(f"batch must be ≥ 1, got {batch}")
+        if model.spec.landmarks:
+            raise ValueError(f"{model.path} also takes landmark renderings (spec landmarks); the evaluator feeds clips only: "
+                             f"run it through the runtime (python -m runtime … --faces detect) or evaluate the base variant")
         self.model, self.spec, self.backend = model, model.spec, backend
         self.protocol = protocol or protocol_for(model.spec)
         self.batch = min(batch, backend.max_batch or batch)

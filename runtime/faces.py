@@ -70,7 +70,13 @@ class Resizer:
 def square_crop(image: np.ndarray, box: np.ndarray, margin: float) -> np.ndarray:
     """The square around box, its side grown by ``margin`` of the box's longer side on each
     side (the face models were trained on loose crops), cut to the image's borders."""
-    height, width = image.shape[:2]
+    left, top, right, bottom = crop_box(box, margin, image.shape[1], image.shape[0])
+    return image[top:bottom, left:right]
+
+
+def crop_box(box: np.ndarray, margin: float, width: int, height: int) -> tuple[int, int, int, int]:
+    """The pixels [left, top, right, bottom) that square_crop cuts from a width × height frame
+    (runtime.landmarks renders into them, so rendering and crop line up)."""
     x0, y0, x1, y1 = (float(v) for v in box)
     side = max(x1 - x0, y1 - y0) * (1.0 + 2.0 * margin)
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
@@ -80,7 +86,7 @@ def square_crop(image: np.ndarray, box: np.ndarray, margin: float) -> np.ndarray
     right, bottom = min(right, width), min(bottom, height)
     if right - left < 2 or bottom - top < 2:
         raise ValueError(f"face box {[x0, y0, x1, y1]} lies outside the {width}×{height} frame")
-    return image[top:bottom, left:right]
+    return left, top, right, bottom
 
 
 def check_boxes(boxes, width: int, height: int) -> np.ndarray:
@@ -148,6 +154,9 @@ class IouTracker:
 
 # A face in a frame: (track id, a function making its model-sized crop when the clip wants it).
 FaceCrop = tuple[int, Callable[[], np.ndarray]]
+# Where a track's face was in the last frame, for the face mesh (runtime.landmarks): the RGB
+# frame, the face box and the crop box the clip frame was cut with, all in frame pixels.
+MeshView = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 class FullFrame:
@@ -159,7 +168,14 @@ class FullFrame:
     def faces(self, frame, time_s: float, boxes: Sequence | None) -> list[FaceCrop]:
         if boxes is not None:
             raise RejectedFrame("this stream's face mode is 'full': it takes no boxes")
+        self._frame = frame
         return [(0, lambda: self.resizer.rgb(frame.image, *self.size))]
+
+    def mesh_view(self, track: int) -> MeshView:
+        """The whole last frame is the face box and the crop."""
+        image = self.resizer.rgb(self._frame.image)
+        whole = np.array([0.0, 0.0, image.shape[1], image.shape[0]])
+        return image, whole, whole
 
     def evict(self, time_s: float) -> list[int]:
         return []
@@ -188,11 +204,16 @@ class HostBoxes:
             return self.resizer.rgb(frame.image)
 
     def _croppers(self, image: np.ndarray, ids: Sequence[int], boxes: Sequence[np.ndarray]) -> list[FaceCrop]:
-        self.boxes = dict(zip(ids, boxes))
+        self.boxes, self._image = dict(zip(ids, boxes)), image
         return [(track, self._cropper(image, box)) for track, box in zip(ids, boxes)]
 
     def _cropper(self, image: np.ndarray, box: np.ndarray) -> Callable[[], np.ndarray]:
         return lambda: self.resizer.rgb(square_crop(image, box, self.margin), *self.size)
+
+    def mesh_view(self, track: int) -> MeshView:
+        box = self.boxes[track]
+        cut = crop_box(box, self.margin, self._image.shape[1], self._image.shape[0])
+        return self._image, box, np.asarray(cut, np.float64)
 
     def evict(self, time_s: float) -> list[int]:
         return self.tracker.evict(time_s)

@@ -123,3 +123,29 @@ def render_landmarks(points: np.ndarray, crop_box: np.ndarray, size: int) -> np.
             ok = (x >= 0) & (x < size) & (y >= 0) & (y < size)
             image[y[ok], x[ok]] = 255
     return image
+
+
+class LandmarkRenderer:
+    """A landmarks model's renderings, one clip frame at a time (one per stream thread, as the
+    mesh is): the face mesh on the frame's face box, drawn into the crop the clip frame was cut
+    with. A frame where the mesh finds no face (presence < MIN_PRESENCE) gets a black
+    rendering, counted in ``missed``: the clip goes on, as the face crop does. ~2 ms a frame
+    (the mesh's 192×192 LiteRT run) on the 2-core dev box."""
+
+    def __init__(self, size: int):
+        self.mesh, self.size, self.missed = FaceMesh(), size, 0
+
+    def render(self, image: np.ndarray, box: np.ndarray, crop_box: np.ndarray) -> np.ndarray:
+        """(size, size, 3) uint8 of the face in ``box`` of an RGB frame, in ``crop_box``'s coordinates."""
+        result = self.mesh.run(image, box)
+        if not result.found:
+            self.missed += 1
+            return np.zeros((self.size, self.size, 3), np.uint8)
+        return render_landmarks(result.points, crop_box, self.size)
+
+    def render_whole(self, frames: np.ndarray) -> np.ndarray:
+        """Renderings of frames (..., H, W, 3) that each are a face crop (face mode 'full'): the
+        whole frame is the box and the crop."""
+        flat = frames.reshape(-1, *frames.shape[-3:])
+        whole = np.array([0.0, 0.0, frames.shape[-2], frames.shape[-3]])
+        return np.stack([self.render(frame, whole, whole) for frame in flat]).reshape(*frames.shape[:-3], self.size, self.size, 3)

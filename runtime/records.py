@@ -24,6 +24,8 @@ class Clip:
 
     start_s/end_s: stream times of its first and last frame (equal for one frame); captured:
     when its last frame reached the runtime; ready: when the clip was complete and normalised.
+    landmark_data: for a model whose spec has ``landmarks``, the face-mesh renderings of its
+    frames (runtime.landmarks), shaped and normalised as ``data``.
     """
 
     stream_id: str
@@ -35,6 +37,7 @@ class Clip:
     captured: float
     ready: float
     static_data: np.ndarray | None = None  # a static model's (k, 3, h, w) frames, when one runs
+    landmark_data: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,10 @@ class ModelSpec:
     channel. frame_stride is the temporal sampling step over the source video; clip_merge says
     how the official test merges several clips of one video ("logits": mean of logits,
     "softmax": mean of per-clip softmax). input_format says what the exported graph takes
-    (INPUT_FORMATS); layout stays the model's own layout either way.
+    (INPUT_FORMATS); layout stays the model's own layout either way. landmarks: the graph takes
+    a second input, ``landmarks``, the face-mesh renderings of the clip's frames
+    (runtime.landmarks; FineCLIPER's landmarks variant): images of the clip's shape, square,
+    made and normalised like the clip by ``model_input`` (input_format applies to both).
     """
 
     family: str
@@ -52,6 +55,7 @@ class ModelSpec:
     layout: str = "NCTHW"
     color: str = "RGB"
     input_format: str = "float"
+    landmarks: bool = False
 
     def __post_init__(self) -> None:
         if self.input_format not in INPUT_FORMATS:
@@ -60,6 +64,9 @@ class ModelSpec:
             raise ValueError(f"model spec layout {self.layout!r} is not one of {', '.join(LAYOUTS)}")
         if self.layout == "NCHW" and (self.frames, self.frame_stride) != (1, 1):
             raise ValueError(f"an NCHW (per-frame) model spec has frames = frame_stride = 1, got {self.frames} and {self.frame_stride}")
+        if self.landmarks and (self.layout != "NCTHW" or self.height != self.width):
+            raise ValueError(f"landmark renderings are square clips (runtime.landmarks): a landmarks model spec needs layout NCTHW "
+                             f"and height = width, got {self.layout} {self.height}×{self.width}")
 
     @property
     def num_classes(self) -> int:

@@ -21,6 +21,7 @@ class Stage(enum.StrEnum):
     DECODE = "decode"  # demux + decode + colour conversion to RGB (sources)
     DETECT = "detect"  # face detection and track assignment (faces)
     CROP = "crop_resize"  # face crop and resize to the model's input (faces, clips)
+    LANDMARKS = "landmarks"  # face mesh and landmark rendering, landmarks models only (runtime.landmarks)
     NORMALIZE = "normalize"  # uint8 → model input: scale, mean/std, layout (spec)
     ASSEMBLE = "assemble"  # copying clips into the batch buffer (dispatch)
     BACKEND = "backend"  # the backend's run, wall clock (see the module docstring)
@@ -35,6 +36,7 @@ class StageTimes:
     decode: float = 0.0
     detect: float = 0.0
     crop_resize: float = 0.0
+    landmarks: float = 0.0
     normalize: float = 0.0
     assemble: float = 0.0
     backend: float = 0.0

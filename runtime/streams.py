@@ -3,6 +3,9 @@
 A per-frame (NCHW) model takes "clips" of one frame: each track's buffer holds one sample and
 emits it as a (3, H, W) input, every ``stride``-th frame of the track (RuntimeOptions.frame_step).
 With an annotator (runtime.annotate) every frame is also written, boxes and labels drawn on.
+A landmarks model (ModelSpec.landmarks) also gets each sample's landmark rendering: the face
+mesh on the face's box in the frame, drawn into the crop the sample was cut with
+(runtime.landmarks.LandmarkRenderer; face mode 'full': the whole frame), timed as LANDMARKS.
 
 It runs on the thread that brings the frame (the source's decode thread, or the host's thread
 for pushed frames), so streams never wait on each other before the batcher. A stream whose
@@ -19,12 +22,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import av
+import numpy as np
 
 from runtime.annotate import Annotator
 from runtime.batcher import QueuePolicy
 from runtime.clips import ClipBuffer
 from runtime.detector import MODELS as DETECTOR_MODELS, FaceDetector
 from runtime.faces import FACE_MODES, RESIZE_MODES, DetectedFaces, FullFrame, HostBoxes, IouTracker, Resizer
+from runtime.landmarks import LandmarkRenderer
 from runtime.post import StaticFrames
 from runtime.records import Clip, EventKind, StreamState
 from runtime.sources import DecodedFrame, SourceKind, SourceOptions
@@ -109,6 +114,7 @@ class StreamStats:
     results: int
     tracks_evicted: int
     faults: int
+    landmarks_missed: int = 0  # sampled frames whose face the mesh did not find (black renderings)
 
 
 class StreamPipeline:
@@ -138,6 +144,7 @@ class StreamPipeline:
             self.faces = DetectedFaces(spec.height, spec.width, options.margin, tracker, resizer,
                                        FaceDetector(options.detector, options.min_face_score), options.detect_every,
                                        stage_clock=self.stage_clock)
+        self.landmarks = LandmarkRenderer(spec.height) if spec.landmarks else None
         self._buffers: dict[int, ClipBuffer] = {}
         self._segment = 0
         self._lock = threading.Lock()
@@ -163,12 +170,19 @@ class StreamPipeline:
                 if buffer.wants(frame.index):
                     with self.stage_clock.cpu(Stage.CROP):
                         image = crop()
+                    if self.landmarks is not None:  # the sample and its rendering travel as one (2, H, W, 3)
+                        with self.stage_clock.cpu(Stage.LANDMARKS):
+                            image = np.stack([image, self.landmarks.render(*self.faces.mesh_view(track))])
                     self._sample(track, buffer, frame, image)
             for track in self.faces.evict(frame.time_s):
                 self._retire(track)
                 self.tracks_evicted += 1
             if self.annotator is not None:
                 self._annotate(frame)
+
+    @property
+    def landmarks_missed(self) -> int:
+        return 0 if self.landmarks is None else self.landmarks.missed
 
     def end(self) -> None:
         """End of stream: leftover samples too few for a clip are let go, not counted as faults;
@@ -207,11 +221,16 @@ class StreamPipeline:
             )
         if out is not None:
             frames, start_s, end_s = out
+            renderings = None
+            if self.landmarks is not None:
+                frames, renderings = frames[:, 0], frames[:, 1]
             with self.stage_clock.cpu(Stage.NORMALIZE):
                 data = self.spec.model_input(frames)
+                landmark_data = None if renderings is None else self.spec.model_input(renderings)
             static = None if self.static is None else self.static.inputs(frames, self._static_resizer, self.stage_clock)
             clip = Clip(stream_id=self.stream_id, track_id=track, index=buffer.clips_emitted - 1, start_s=start_s,
-                        end_s=end_s, data=data, captured=frame.captured, ready=time.perf_counter(), static_data=static)
+                        end_s=end_s, data=data, captured=frame.captured, ready=time.perf_counter(), static_data=static,
+                        landmark_data=landmark_data)
             self._emit_clip(clip)
 
     def _max_gap_s(self) -> float:

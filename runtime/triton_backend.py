@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.backends import Backend, BackendClosed, BackendUnavailable
+from runtime.backends import Backend, BackendClosed, BackendUnavailable, refuse_landmarks
 from runtime.model import ModelSource
 from runtime.spec import ModelSpec
 
@@ -186,6 +186,7 @@ class TritonBackend(Backend):
                  retry_pauses_s: tuple[float, ...] = RETRY_PAUSES_S, in_flight: int = DEFAULT_IN_FLIGHT):
         if type(in_flight) is not int or in_flight < 1:
             raise ValueError(f"in_flight must be an integer ≥ 1, got {in_flight!r}")
+        refuse_landmarks(source, "triton")  # before connecting: no server could take the renderings
         model = model or served_name(source.path)
         client, self.served = connect(server, model)
         self.server, self.timeout_s, self.retry_pauses_s, self.in_flight = server, timeout_s, retry_pauses_s, in_flight
@@ -215,8 +216,10 @@ class TritonBackend(Backend):
             raise BackendUnavailable(f"{where} takes {self.served.input_dims} → {self.served.output_dims}; "
                                      f"the model's spec says {expected} → ({spec.num_classes},)")
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    def run(self, batch: np.ndarray, landmarks: np.ndarray | None = None) -> np.ndarray:
         """Thread-safe: each calling thread sends on its own client."""
+        if landmarks is not None:
+            raise ValueError("the triton backend sends one input, the clips; it takes no landmark renderings")
         client = self._thread_client()
         clip = self._grpc.InferInput(self.served.input_name, list(batch.shape), DATA_TYPES[_type_of(batch)][1])
         clip.set_data_from_numpy(np.ascontiguousarray(batch))

@@ -1,7 +1,7 @@
 """The tensorrt backend: a bundle's TensorRT engine on this machine's GPU.
 
 Opening it checks, in order, and raises BackendUnavailable with one line at the first gap: the
-model holds engines at all; cuda-python's bindings import; a CUDA driver and GPU are present
+model takes one input (not a landmarks model's two); it holds engines at all; cuda-python's bindings import; a CUDA driver and GPU are present
 (their compute capability picks the engine from the manifest); the engine's runtime module
 (tensorrt or tensorrt_rtx, the one its builder needs) imports; the runtime deserialises it.
 
@@ -30,7 +30,7 @@ import importlib
 
 import numpy as np
 
-from runtime.backends import Backend, BackendClosed, BackendUnavailable
+from runtime.backends import Backend, BackendClosed, BackendUnavailable, refuse_landmarks
 from runtime.bundle import Bundle, BundleError, EngineEntry
 from runtime.gpu import NoGpu, gpu_sm, tensorrt_logger
 from runtime.model import ModelSource
@@ -93,6 +93,7 @@ class TensorRtBackend(Backend):
     name = "tensorrt"
 
     def __init__(self, source: ModelSource, device: int = 0):
+        refuse_landmarks(source, "tensorrt")  # one input bound; first, as no GPU would change it
         if not source.has_engines:  # before any GPU check: no machine could run this model here
             raise BackendUnavailable(f"{source.path} holds no TensorRT engine: build one with python -m export.trt")
         self._cudart = cudart = import_cuda()
@@ -195,7 +196,9 @@ class TensorRtBackend(Backend):
             return self._host_in[: shape[0]]
         return super().input_buffer(shape)
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    def run(self, batch: np.ndarray, landmarks: np.ndarray | None = None) -> np.ndarray:
+        if landmarks is not None:
+            raise ValueError("the tensorrt backend binds one input, the clips; it takes no landmark renderings")
         n = len(batch)
         if batch.shape[1:] != self.clip_shape or not 1 <= n <= self.max_batch:
             raise ValueError(f"batch of shape {batch.shape}; this engine takes (1..{self.max_batch}, {', '.join(map(str, self.clip_shape))})")

@@ -17,9 +17,8 @@ import pytest
 import torch
 
 import models
-from export.onnx import FORBIDDEN_OPS, OPSET, attach_custom_op_functions, export_onnx, op_census
+from export.onnx import FORBIDDEN_OPS, export_onnx, op_census
 from export.real_media import feat_data
-from kernels import onnx_custom_ops
 from models.demo_checkpoint import write_demo_checkpoint
 from runtime.backends import onnx_session
 from tests.conftest import assert_close
@@ -82,26 +81,20 @@ def test_a_changed_adapter_weight_fails_the_comparison(exported, tmp_path):
 
 
 def test_landmarks_variant_exports_with_two_inputs(tmp_path):
-    """The runtime feeds one clip; the landmarks variant's graph takes the renderings as a
-    second input (runtime.landmarks makes them), with the custom op in both towers."""
-    torch.manual_seed(0)
-    model = models.family_module("finecliper").build_model(SMALL_LANDMARKS)
-    clip, renderings = clip_input(2), clip_input(2, seed=7)
-    batch = torch.export.Dim("batch", min=1, max=64)
-    with onnx_custom_ops(True), torch.no_grad():
-        program = torch.onnx.export(model, (clip, renderings), dynamo=True, opset_version=OPSET,
-                                    input_names=["clip", "landmarks"], output_names=["logits"],
-                                    dynamic_shapes=({0: batch}, {0: batch}))  # fmt: skip
-    proto = program.model_proto
-    assert attach_custom_op_functions(proto) == ("GatedExpertMLP",)
-    assert op_census(proto)["dfer::GatedExpertMLP"] == SMALL["layers"] + SMALL_LANDMARKS["landmark_layers"]
-    onnx.checker.check_model(proto, full_check=True)
-    onnx.save_model(proto, tmp_path / "landmarks.onnx")
-    session = onnx_session(tmp_path / "landmarks.onnx")
+    """export_onnx gives the landmarks variant's graph a second input, the renderings
+    (runtime.landmarks makes them; tests/test_finecliper_runtime.py runs them through the
+    runtime), with the custom op in both towers."""
+    checkpoint = write_demo_checkpoint("finecliper", tmp_path / "fcl.pth", seed=0, config=SMALL_LANDMARKS)
+    loaded = models.load(checkpoint)
+    result = export_onnx(loaded, tmp_path / "landmarks.onnx")
+    assert result.custom_ops == ("GatedExpertMLP",)
+    assert result.op_counts["dfer::GatedExpertMLP"] == SMALL["layers"] + SMALL_LANDMARKS["landmark_layers"]
+    session = onnx_session(result.path)
+    assert [i.name for i in session.get_inputs()] == ["clip", "landmarks"]
     for size in (1, 3):
         clip, renderings = clip_input(size, seed=size), clip_input(size, seed=10 + size)
         with torch.no_grad():
-            expected = model(clip, renderings)
+            expected = loaded.model(clip, renderings)
         got = session.run(None, {"clip": clip.numpy(), "landmarks": renderings.numpy()})[0]
         assert_close(got, expected, atol=LOGITS, name=f"landmarks ORT batch {size}")
 
@@ -121,6 +114,19 @@ def test_tensorrt_rtx_builds_the_engine(checkpoint, tmp_path, custom_ops):
     assert (tmp_path / "fc.dfer" / engine.file).stat().st_size > 1e6
     assert Bundle.open(tmp_path / "fc.dfer").family == "finecliper"
     assert any(line.startswith("verify") and "top-1 agreement 100%" in line for line in lines), lines
+
+
+@needs_rtx
+def test_tensorrt_rtx_builds_the_two_input_landmarks_engine(tmp_path):
+    """One batch profile over both inputs (the clip and the renderings): without the second
+    input's shapes TensorRT refuses the network ("Dynamic input tensor landmarks is missing
+    dimensions in profile 0")."""
+    from export.trt import BuildRequest, build_bundle
+
+    checkpoint = write_demo_checkpoint("finecliper", tmp_path / "fcl.pth", seed=0, config=SMALL_LANDMARKS)
+    manifest = build_bundle(BuildRequest(checkpoint, tmp_path / "fcl.dfer", "fp16", 4, 2, "tensorrt-rtx"), out=lambda _: None)
+    (engine,) = manifest.engines
+    assert engine.builder == "tensorrt-rtx" and (tmp_path / "fcl.dfer" / engine.file).stat().st_size > 1e5
 
 
 @needs_media

@@ -44,9 +44,10 @@ def run_video(model, video, faces: str) -> tuple[StageTimes, int]:
 def test_every_stage_that_ran_has_a_time_and_detect_did_not_run(tiny, video):
     times, results = run_video(tiny, video, "full")
     assert results == clip_count(FRAMES, TINY["frames"], TINY["stride"], TINY["frames"]) == times.clips
-    ran = [stage for stage in Stage if stage is not Stage.DETECT]
+    ran = [stage for stage in Stage if stage not in (Stage.DETECT, Stage.LANDMARKS)]
     assert {stage.value: getattr(times, stage.value) > 0 for stage in ran} == dict.fromkeys((s.value for s in ran), True), times
     assert times.detect == 0.0  # face mode 'full': no detector, no tracker
+    assert times.landmarks == 0.0  # not a landmarks model: no face mesh
     per_clip = times.per_clip()
     assert per_clip.clips == 1
     for stage in Stage:
