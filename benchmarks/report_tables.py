@@ -255,7 +255,7 @@ def readme_models(run: SuiteRun) -> list[str]:
         cells = [f"{fmt(by[b].get('p50_ms'))} ({ratio(by[b].ratio)})" if by[b] else "–" for b in MODEL_BACKENDS]
         accuracy = f"{fmt(int8.get('top1_agree'))} / {fmt(int8.get('max_prob_diff'))}" if int8 else "–"
         rows.append([family, batch, *cells, ratio(int8_ratio(run, int8)) if int8 else "–", accuracy])
-    header = ["family", "batch", *(f"{BACKEND_NAMES[b]} ms (÷ eager)" for b in MODEL_BACKENDS), "int8 ÷ fp32 ORT",
+    header = ["family", "batch", *(f"{BACKEND_NAMES[b]} ms (÷ eager)" for b in MODEL_BACKENDS), "int8 ms ÷ fp32 ORT ms",
               "int8 top-1 agreement / max Δprob"]
     configs = "; ".join(sorted({f"{c.get('family')} {c.get('model_config')}" for c in cases}))
     rounds = cases[0].get("rounds")
