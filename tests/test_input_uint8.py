@@ -9,7 +9,7 @@ Tolerances, measured on 3 generated face clips (ONNX Runtime, CPU):
     uint8 vs float, fp16       4.8e-3 (9.2e-4 of max |logit| 5.25)   4.6e-5 (1.6e-4 of 0.28)
 
 fp32 is bitwise because the graph normalises in ModelSpec.normalize's order and precision; the
-bound 1e-5 is the task's. fp16: the first Conv's fp16 input and weights are bitwise equal in
+bound 1e-5 is the one issue 15 set. fp16: the first Conv's fp16 input and weights are bitwise equal in
 both graphs, yet ONNX Runtime's CPU provider gives outputs one fp16 ulp apart (it rewrites fp16
 graphs around the kernels it has, differently for the two), which the fp16 layers carry to the
 logits; the bound 5e-3 of max |logit| is ≥ 5× both. A wrong preprocessing moves
