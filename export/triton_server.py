@@ -256,7 +256,11 @@ def _serve(args) -> int:
         raise ServerMissing(f"no model repository {args.repository}: write one with python -m export.triton MODEL -o {args.repository}")
     ports = Ports(grpc=args.grpc_port, http=args.http_port, metrics=args.metrics_port)
     server = TritonServer(args.repository, files=ServerFiles.find(args.server_dir), ports=ports, address=args.address)
-    signal.signal(signal.SIGTERM, _interrupt)  # a kill stops the server too, as Ctrl-C does
+    # Ctrl-C and a kill stop the server; SIGINT is set explicitly because a process started in
+    # the background of a non-interactive shell inherits it ignored (Python then never raises
+    # KeyboardInterrupt: a test run launched that way saw serve ignore its SIGINT).
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         seconds = server.start(args.timeout_s)
         print(f"tritonserver ready in {seconds:.1f} s: gRPC {server.grpc_address} (python -m runtime MODEL --backend triton "
