@@ -9,9 +9,11 @@ state_dict and loads it strictly, with errors that name the key and the shapes.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -25,6 +27,25 @@ META_KEY = "dfer_meta"
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used, with a one-line reason naming the problem."""
+
+
+class ConfigRecord:
+    """What a family's config dataclass needs to travel in a checkpoint's metadata: from_dict
+    refuses unknown fields (naming them and the family, ``CONFIG_NAME``) and to_dict is JSON-able
+    (tuples become lists)."""
+
+    CONFIG_NAME: ClassVar[str]
+
+    @classmethod
+    def from_dict(cls, data: dict | None):
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data or {}) - names)
+        if unknown:
+            raise ValueError(f"unknown {cls.CONFIG_NAME} config field(s): {', '.join(unknown)}")
+        return cls(**(data or {}))
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:

@@ -15,7 +15,6 @@ gate s, QuickGELU FFN columns), exported as ``dfer::GatedExpertMLP``.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +23,7 @@ from torch import nn
 
 from kernels import emit_custom_op
 from kernels.gated_expert_mlp import QUICK_GELU_ALPHA, gated_expert_mlp
+from models.checkpoint import ConfigRecord
 from runtime.spec import DFEW_LABELS
 
 VARIANTS = ("base", "landmarks", "parsing")
@@ -37,7 +37,7 @@ PARSING_UNAVAILABLE = (
 
 
 @dataclass(frozen=True)
-class FineCLIPERConfig:
+class FineCLIPERConfig(ConfigRecord):
     """Every size and every guess of one FineCLIPER model; defaults: ViT-B/16 at 224, DFEW.
 
     Unknowns of the paper, with the chosen default and why:
@@ -57,6 +57,8 @@ class FineCLIPERConfig:
     paper's best s. parallel_adapter_skip False: AIM's MLP adapter has none (a skip there only
     adds s·h). mlp_activation "quick_gelu": OpenAI's CLIP (open_clip's own ViT-B-16: "gelu").
     """
+
+    CONFIG_NAME = "FineCLIPER"
 
     variant: str = "base"
     image_size: int = 224
@@ -123,17 +125,6 @@ class FineCLIPERConfig:
     @property
     def num_classes(self) -> int:
         return len(self.labels)
-
-    @classmethod
-    def from_dict(cls, data: dict | None) -> FineCLIPERConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data or {}) - names)
-        if unknown:
-            raise ValueError(f"unknown FineCLIPER config field(s): {', '.join(unknown)}")
-        return cls(**(data or {}))
-
-    def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
 
 class Attention(nn.Module):

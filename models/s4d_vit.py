@@ -5,21 +5,23 @@ biases, and the pre-norm ``Block`` / ``BlockMoEAdapters`` whose experts live in 
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.checkpoint import ConfigRecord
 from models.s4d_moe import Mlp, SparseMoE
 
 LAYER_NORM_EPS = 1e-6  # the registered models use partial(nn.LayerNorm, eps=1e-6)
 
 
 @dataclass(frozen=True)
-class S4DConfig:
+class S4DConfig(ConfigRecord):
     """Architecture of one S4D model; the defaults are vitmoe_base_patch16_160 for DFEW."""
+
+    CONFIG_NAME = "S4D"
 
     img_size: int = 160
     patch_size: int = 16
@@ -66,18 +68,6 @@ class S4DConfig:
     @property
     def expert_hidden(self) -> int:
         return int(self.embed_dim * self.expert_ratio)
-
-    @classmethod
-    def from_dict(cls, data: dict | None) -> "S4DConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data or {}) - names)
-        if unknown:
-            raise ValueError(f"unknown S4D config field(s): {', '.join(unknown)}")
-        return cls(**(data or {}))
-
-    def to_dict(self) -> dict:
-        """JSON-able (tuples become lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
 
 def sinusoid_table(num_positions: int, dim: int) -> torch.Tensor:
