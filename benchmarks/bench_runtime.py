@@ -115,8 +115,7 @@ def replay(runtime: Runtime) -> float:
     """Raw backend time for the batch sizes the runtime ran, on fresh inputs (best of 2)."""
     spec = runtime.spec
     backend = open_backend(runtime.model, OPTIONS.backend, OPTIONS.providers, suite.THREADS)
-    dtype = backend.input_dtype if hasattr(backend, "input_dtype") else np.float32
-    inputs = {n: _random_input(spec.input_shape(n), dtype, n) for n in runtime.batch_sizes}
+    inputs = {n: _random_input(spec.input_shape(n), backend.input_dtype, n) for n in runtime.batch_sizes}
     best = float("inf")
     for _ in range(2):
         started = time.perf_counter()

@@ -191,16 +191,18 @@ def against_pytorch(loaded, path: Path, precision: str, batch: int = 2) -> tuple
 
     from runtime.metadata import read_metadata
 
+    onnx_spec = read_metadata(path).spec  # a uint8 graph takes the same frames as they are
     inputs = generated_inputs(loaded.spec, batch)
     with torch.no_grad():
         expected = loaded.model(*map(torch.from_numpy, inputs)).numpy()
-    actual = run_onnx(path, *generated_inputs(read_metadata(path).spec, batch))  # a uint8 graph takes the same frames as they are
+    onnx_inputs = inputs if onnx_spec == loaded.spec else generated_inputs(onnx_spec, batch)
+    actual = run_onnx(path, *onnx_inputs)
     agreement = export_agreement(expected, actual, precision)
     frames = None if agreement.telling else real_face_inputs(loaded.spec)
     if frames is not None:  # the generated clips cannot tell a constant answer: real faces can
         with torch.no_grad():
             expected = loaded.model(*(torch.from_numpy(loaded.spec.model_input(f)) for f in frames)).numpy()
-        actual = run_onnx(path, *(read_metadata(path).spec.model_input(f) for f in frames))
+        actual = run_onnx(path, *(onnx_spec.model_input(f) for f in frames))
         agreement = dataclasses.replace(export_agreement(expected, actual, precision), source=f"real face clips of {FACE_VIDEO}")
     return agreement, softmax(actual)
 
